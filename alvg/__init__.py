@@ -1,0 +1,1 @@
+"""alvg: see alvg/README.md."""

@@ -1,0 +1,1 @@
+"""hivg: see hivg/README.md."""

@@ -1,0 +1,1 @@
+"""resvg: see resvg/README.md."""

@@ -1,0 +1,1 @@
+"""simvg: see simvg/README.md."""

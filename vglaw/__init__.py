@@ -1,0 +1,1 @@
+"""vglaw: see vglaw/README.md."""
