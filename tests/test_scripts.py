@@ -1,0 +1,303 @@
+"""Tests of the reproduction shell scripts under scripts/.
+
+- every .sh passes `bash -n`;
+- every method script (scripts/<method>/*.sh, files starting with "_" are sourced libraries) and
+  scripts/train_and_eval_full_sup.sh run in dry-run mode, exit 0, create nothing, and print launch commands
+  `python -m torch.distributed.launch --nproc_per_node=N ... --use_env <method>/{train,eval}.py ...`;
+- the printed commands carry the official hyperparameters (spot checks against the specs) and a
+  one-checkpoint stage hand-over;
+- if <method>/train.py / eval.py exist and expose get_args_parser(), every printed command parses with
+  the real parser (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+METHODS = ("hivg", "simvg", "resvg", "vglaw", "alvg")
+BASH = shutil.which("bash")
+
+pytestmark = pytest.mark.skipif(BASH is None, reason="bash not available")
+
+
+def _all_sh() -> list[Path]:
+    return sorted(SCRIPTS.rglob("*.sh"))
+
+
+def _runnable() -> list[Path]:
+    """Scripts with a dry-run mode: per-method scripts (not _libraries) and the full-sup driver."""
+    out = [p for m in METHODS for p in sorted((SCRIPTS / m).glob("*.sh")) if not p.name.startswith("_")]
+    full = SCRIPTS / "train_and_eval_full_sup.sh"
+    if full.exists():
+        out.append(full)
+    return out
+
+
+def _ids(paths):
+    return [str(p.relative_to(SCRIPTS)) for p in paths]
+
+
+@functools.lru_cache(maxsize=None)
+def _dry_run(script: str, args: tuple[str, ...] = (), out_root: str = "", extra_env: tuple = ()) -> str:
+    env = dict(os.environ, DRY_RUN="1", OUT_ROOT=out_root or "./outputs")
+    env.update(dict(extra_env))
+    env.pop("RESUME", None)
+    proc = subprocess.run([BASH, str(SCRIPTS / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"{script} {args} dry run failed ({proc.returncode}):\n{proc.stderr}"
+    return proc.stdout
+
+
+def _commands(stdout: str) -> list[list[str]]:
+    return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+def _launch_target(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(script path, its argv) for a torch.distributed.launch command, else None."""
+    if "torch.distributed.launch" not in argv:
+        return None
+    i = argv.index("--use_env")
+    return argv[i + 1], argv[i + 2:]
+
+
+def _flags(argv: list[str]) -> dict[str, list[str]]:
+    """'--name v1 v2 --flag' -> {'name': ['v1','v2'], 'flag': []} (last occurrence wins)."""
+    out: dict[str, list[str]] = {}
+    key = None
+    for tok in argv:
+        if tok.startswith("--"):
+            key = tok[2:]
+            out[key] = []
+        elif key is not None:
+            out[key].append(tok)
+    return out
+
+
+def _launches(script: str, *args: str, **env) -> list[tuple[str, dict]]:
+    out = _dry_run(script, tuple(args), extra_env=tuple(sorted(env.items())))
+    res = []
+    for cmd in _commands(out):
+        t = _launch_target(cmd)
+        if t:
+            res.append((t[0], _flags(t[1])))
+    return res
+
+
+# ----------------------------------------------------------------------------------------------- syntax
+
+@pytest.mark.parametrize("path", _all_sh(), ids=_ids(_all_sh()))
+def test_bash_syntax(path):
+    proc = subprocess.run([BASH, "-n", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- dry run
+
+@pytest.mark.parametrize("path", _runnable(), ids=_ids(_runnable()))
+def test_dry_run_prints_launch_commands(path, tmp_path):
+    rel = str(path.relative_to(SCRIPTS))
+    stdout = _dry_run(rel, out_root=str(tmp_path / "out"))
+    cmds = _commands(stdout)
+    assert cmds, f"{rel}: dry run printed no command"
+    targets = [t for t in map(_launch_target, cmds) if t]
+    assert targets, f"{rel}: no `torch.distributed.launch ... --use_env` command printed"
+    for cmd in cmds:
+        if "torch.distributed.launch" in cmd:
+            assert "--use_env" in cmd and any(c.startswith("--nproc_per_node=") for c in cmd), cmd
+    if rel == "train_and_eval_full_sup.sh":
+        expected = {f"{m}/train.py" for m in ("hivg", "simvg")}
+    else:
+        method = rel.split("/")[0]
+        expected = {f"{method}/eval.py" if path.name.startswith("eval") else f"{method}/train.py"}
+    assert expected <= {t[0] for t in targets}, f"{rel}: expected launches of {expected}"
+    assert not (tmp_path / "out").exists(), f"{rel}: the dry run created files"
+
+
+def test_dry_run_flag_equals_env():
+    env_out = _dry_run("hivg/train_finetune_base.sh", ("flickr",))
+    proc = subprocess.run([BASH, str(SCRIPTS / "hivg/train_finetune_base.sh"), "--dry-run", "flickr"],
+                          cwd=REPO, env={k: v for k, v in os.environ.items() if k != "DRY_RUN"} | {
+                              "OUT_ROOT": "./outputs"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert _commands(proc.stdout) == _commands(env_out)
+
+
+def test_unknown_dataset_is_rejected():
+    proc = subprocess.run([BASH, str(SCRIPTS / "hivg/train_finetune_base.sh"), "--dry-run", "refcoco"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "refcoco" in proc.stderr
+
+
+def test_ngpu_env_is_used():
+    out = _dry_run("simvg/train_onestage_base.sh", ("refcoco",), extra_env=(("NGPU", "3"),))
+    launches = [c for c in _commands(out) if "torch.distributed.launch" in c]
+    assert launches and all("--nproc_per_node=3" in c for c in launches)
+    # the official GPU counts are the defaults: HiVG 7, SimVG single-dataset 1
+    assert "--nproc_per_node=7" in _dry_run("hivg/train_finetune_base.sh", ("unc",))
+    assert "--nproc_per_node=1" in _dry_run("simvg/train_onestage_base.sh", ("refcoco",))
+
+
+# ------------------------------------------------------------------------------ official hyperparameters
+
+def _train(launches, **match):
+    """The train.py launches whose flags contain all of match (flag -> value)."""
+    out = []
+    for script, f in launches:
+        if not script.endswith("train.py"):
+            continue
+        if all(f.get(k) == ([] if v is True else [str(v)]) for k, v in match.items()):
+            out.append(f)
+    return out
+
+
+def test_hivg_base_recipe_and_handover():
+    runs = _launches("hivg/train_finetune_base.sh", "unc", "flickr")
+    for ds, wep, sep, s3bs in (("unc", "60", "20", "40"), ("flickr", "30", "5", "60")):
+        seq = [f for f in _train(runs, dataset=ds)]
+        assert len(seq) == 4
+        warm, s1, s2, s3 = seq
+        assert (warm["epochs"], warm["batch_size"], warm["lr"]) == ([wep], ["80"], ["2.5e-4"])
+        assert warm["clip_model"][0].endswith("clip_b_ml_cascade_maskrcnn_model_224.pth")
+        assert "hi_lora_stage" not in warm
+        for k, (f, bs, lr) in enumerate(((s1, "60", "1e-4"), (s2, "60", "5e-5"), (s3, s3bs, "2.5e-5")), 1):
+            assert (f["hi_lora_stage"], f["epochs"], f["batch_size"], f["lr"]) == ([str(k)], [sep], [bs], [lr])
+            prev = (warm, s1, s2)[k - 1]
+            assert f["hi_lora_retrain"] == [prev["output_dir"][0] + "/best_checkpoint.pth"]
+            assert "hi_lora_clip" not in f
+        for f in seq:
+            for flag in ("aug_crop", "aug_scale", "aug_translate", "normalize_before", "enable_adaptive_weights",
+                         "use_contrastive_loss", "use_rtcc_constrain_loss", "use_mask_loss"):
+                assert f[flag] == [], flag
+            assert f["lr_scheduler"] == ["cosine"] and f["model"] == ["ViT-B/16"]
+            assert f["imsize"] == ["224"] and f["max_query_len"] == ["77"]
+    evals = [f for s, f in runs if s == "hivg/eval.py"]
+    assert sorted(f["eval_set"][0] for f in evals if f["dataset"] == ["unc"]) == ["testA", "testB", "val"]
+    assert all(f["hi_lora_stage"] == ["3"] and f["batch_size"] == ["60"] for f in evals)
+
+
+def test_hivg_large_recipe():
+    runs = _launches("hivg/train_finetune_large.sh", "referit", "flickr")
+    ref = _train(runs, dataset="referit")
+    assert [f["epochs"][0] for f in ref] == ["5", "60", "10", "10", "10"]
+    fl = _train(runs, dataset="flickr")
+    assert [f["epochs"][0] for f in fl] == ["10", "30", "5", "5", "5"]
+    warm1, warm2 = ref[0], ref[1]
+    assert "warmup" in warm1 and "enable_adaptive_weights" not in warm1
+    assert warm2["retrain"] == [warm1["output_dir"][0] + "/best_checkpoint.pth"]
+    assert all(f["batch_size"] == ["32"] and f["vl_hidden_dim"] == ["768"] for f in ref)
+    assert [f["lr"][0] for f in ref] == ["2.5e-4", "2.5e-4", "1e-4", "5e-5", "2.5e-5"]
+
+
+def test_hivg_mixup_recipe_and_eval_splits():
+    runs = _launches("hivg/train_mixup_base.sh")
+    tr = _train(runs)
+    assert [f["lr"][0] for f in tr] == ["2.5e-4", "1e-4", "5e-5", "2e-5"]
+    assert [f["epochs"][0] for f in tr] == ["60", "20", "20", "20"]
+    assert all("mixup_pretrain" in f and f["dataset"] == ["mixup"] and f["batch_size"] == ["64"] for f in tr)
+    assert all("enable_adaptive_weights" not in f for f in tr)
+    evals = [(f["dataset"][0], f["eval_set"][0]) for s, f in runs if s == "hivg/eval.py"]
+    assert len(evals) == 12 and len(set(evals)) == 12
+    large = _train(_launches("hivg/train_mixup_large.sh"))
+    assert [f["epochs"][0] for f in large] == ["10", "30", "10", "10", "10"]
+
+
+def test_hivg_compat_switch():
+    on = _launches("hivg/train_finetune_base.sh", "unc", HIVG_COMPAT="1")
+    off = _launches("hivg/train_finetune_base.sh", "unc", HIVG_COMPAT="0")
+    assert all("bridge_batch_mixing" in f for _, f in on)
+    assert not any("bridge_batch_mixing" in f for _, f in off)
+    rel = _launches("hivg/eval_released.sh", "finetuning_base")
+    assert rel and all("bridge_batch_mixing" in f for _, f in rel)
+
+
+def test_simvg_recipes():
+    tw = _launches("simvg/train_twostage_base.sh", "refcoco", "referit")
+    s1 = _train(tw, preset="twostage_1", dataset="refcoco")[0]
+    assert (s1["batch_size"], s1["lr"], s1["epochs"], s1["decay_steps"]) == (["16"], ["5e-4"], ["30"], ["25"])
+    assert "ema" in s1 and s1["token_weight"] == ["0"]
+    s1r = _train(tw, preset="twostage_1", dataset="referit")[0]
+    assert s1r["batch_size"] == ["32"] and "ema" not in s1r
+    s2 = _train(tw, preset="twostage_2", dataset="refcoco")[0]
+    assert s2["load_from"] == [s1["output_dir"][0] + "/det_best.pth"]
+    assert (s2["lr"], s2["epochs"], s2["decay_steps"], s2["token_weight"], s2["distill_weight"]) == (
+        ["3e-4"], ["20"], ["15"], ["2.0"], ["1.0"])
+    ev = [f for s, f in tw if s == "simvg/eval.py" and f["preset"] == ["twostage_1"] and f["dataset"] == ["refcoco"]]
+    assert ev[0]["eval_sets"] == ["val", "testA", "testB"] and "use_ema" in ev[0]
+
+    lg = _launches("simvg/train_single_large.sh", "refcocoggoogle", "referit", SIMVG_RECIPE="onestage")
+    g = _train(lg, dataset="refcocoggoogle")[0]
+    assert (g["batch_size"], g["warmup_epochs"], g["token_weight"], g["distill_weight"]) == (
+        ["4"], ["0"], ["1.0"], ["0.4"])
+    assert g["drop_path_rate"] == ["0.0"] and g["backbone"] == ["beit3_large"]
+    r = _train(lg, dataset="referit")[0]
+    assert (r["warmup_epochs"], r["token_weight"], r["distill_weight"]) == (["3"], ["2.0"], ["1.0"])
+    l2 = _train(_launches("simvg/train_single_large.sh", "refcoco"), preset="twostage_2")[0]
+    assert (l2["lr"], l2["epochs"], l2["warmup_epochs"], l2["decay_steps"]) == (["1e-4"], ["10"], ["0"], ["7"])
+
+    gr = _train(_launches("simvg/train_onestage_base.sh", "grefcoco"))[0]
+    assert (gr["num_queries"], gr["epochs"], gr["decay_steps"], gr["start_evaluate_epoch"]) == (
+        ["10"], ["200"], ["180"], ["50"]) and "no_lsj" in gr
+
+    pre = _launches("simvg/train_pretrain_base.sh", "mixed", "cocoall")
+    mixed, coco = _train(pre, preset="pretrain_mixed")[0], _train(pre, preset="pretrain_cocoall")[0]
+    assert mixed["img_size"] == ["640"] and coco["img_size"] == ["512"]
+    assert mixed["decay_steps"] == ["21", "27"] and "no_lsj" in mixed
+    out = _dry_run("simvg/train_pretrain_base.sh", ("cocoall",))
+    assert "--nproc_per_node=8" in out
+
+    ft = _train(_launches("simvg/train_finetune_base.sh", "cocoall"), preset="finetune")
+    assert {f["dataset"][0]: f["lr"][0] for f in ft} == {"refcoco": "2e-4", "refcocoplus": "1e-4", "refcocog": "1e-4"}
+    assert all(f["finetune_from"][0].endswith("pretrain_cocoall_base/det_best.pth") for f in ft)
+    dm = _train(_launches("simvg/train_distill_base.sh", "mixed", "refcoco"), preset="distill")[0]
+    assert (dm["epochs"], dm["decay_steps"], dm["token_weight"], dm["distill_weight"]) == (
+        ["15"], ["10"], ["2.0"], ["1.0"])
+
+
+# ------------------------------------------------------------------------------- real argparse parsers
+
+def _parser_or_skip(method: str, kind: str):
+    if not (REPO / method / f"{kind}.py").exists():
+        pytest.skip(f"{method}/{kind}.py does not exist yet")
+    try:
+        mod = importlib.import_module(f"{method}.{kind}")
+    except Exception as e:  # noqa: BLE001 - importorskip style, the reason names the error
+        pytest.skip(f"cannot import {method}.{kind}: {type(e).__name__}: {e}")
+    if not hasattr(mod, "get_args_parser"):
+        pytest.skip(f"{method}.{kind} has no get_args_parser()")
+    return mod.get_args_parser()
+
+
+@pytest.mark.parametrize("method,kind", [(m, k) for m in ("hivg", "simvg") for k in ("train", "eval")])
+def test_commands_parse_with_real_parser(method, kind):
+    parser = _parser_or_skip(method, kind)
+    target = f"{method}/{kind}.py"
+    seen: set[tuple[str, ...]] = set()
+    for path in _runnable():
+        rel = str(path.relative_to(SCRIPTS))
+        if not (rel.startswith(method + "/") or rel == "train_and_eval_full_sup.sh"):
+            continue
+        for env in ({}, {"HIVG_COMPAT": "1", "SIMVG_COMPAT": "1"}):
+            out = _dry_run(rel, extra_env=tuple(sorted(env.items())))
+            for cmd in _commands(out):
+                t = _launch_target(cmd)
+                if not t or t[0] != target:
+                    continue
+                argv = tuple(t[1])
+                if argv in seen:
+                    continue
+                seen.add(argv)
+                try:
+                    parser.parse_args(list(argv))
+                except SystemExit:
+                    pytest.fail(f"{rel}: {target} rejects the command: {shlex.join(argv)}")
+    assert seen, f"no {target} command found"
