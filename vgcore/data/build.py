@@ -1,0 +1,113 @@
+"""From command-line arguments to records: where each official layout keeps its annotations and images.
+
+`load_split(fmt, dataset, split, ...)` is the one call a ``train.py`` / ``eval.py`` makes.  It knows the
+official directory layouts so that a user points ``--split_root`` / ``--data_root`` at the same folders the
+official code reads, and ``--image_root`` overrides the image folder for everything (the synthetic data,
+or any custom layout).
+
+Image folders below ``--data_root`` (data-and-metrics.md §1a):
+
+=========================  ===========================================  ==============================
+layout                     COCO train2014                               ReferIt / Flickr30k
+=========================  ===========================================  ==============================
+``transvg`` (TransVG)      other/images/mscoco/images/train2014         referit/images, Flickr30k/flickr30k_images
+``hivg`` (CLIP-VG, HiVG)   other/images/mscoco/images/train2014         referit/images, Flickr30k/flickr30k-images
+``seqtr`` (SimVG, ALVG)    images/mscoco/train2014                      images/saiaprtc12, images/flickr30k
+=========================  ===========================================  ==============================
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from .formats import refer as refer_fmt
+from .formats import seqtr as seqtr_fmt
+from .formats import transvg as transvg_fmt
+
+__all__ = ["image_roots", "load_split", "SEQTR_DIRS", "REFER_DATASETS"]
+
+_COCO_SETS = {"unc", "unc+", "gref", "gref_umd", "refcoco", "refcoco+", "refcocoplus", "refcocog",
+              "refcocogumd", "refcocoggoogle", "grefcoco", "cocoall"}
+
+# dataset key -> SeqTR annotation folder
+SEQTR_DIRS = {
+    "unc": "refcoco-unc", "refcoco": "refcoco-unc", "unc+": "refcocoplus-unc", "refcoco+": "refcocoplus-unc",
+    "refcocoplus": "refcocoplus-unc", "gref_umd": "refcocog-umd", "refcocog": "refcocog-umd",
+    "gref": "refcocog-google", "refcocoggoogle": "refcocog-google", "referit": "referitgame-berkeley",
+    "flickr": "flickr30k", "flickr30k": "flickr30k", "mixed": "mixed", "grefcoco": "grefs",
+}
+# dataset key -> (refer dataset folder, splitBy)
+REFER_DATASETS = {
+    "unc": ("refcoco", "unc"), "refcoco": ("refcoco", "unc"), "unc+": ("refcoco+", "unc"),
+    "refcoco+": ("refcoco+", "unc"), "refcocoplus": ("refcoco+", "unc"), "gref_umd": ("refcocog", "umd"),
+    "refcocog": ("refcocog", "umd"), "gref": ("refcocog", "google"), "refcocoggoogle": ("refcocog", "google"),
+    "referit": ("refclef", "berkeley"), "grefcoco": ("grefcoco", "unc"),
+}
+
+
+def image_roots(data_root: str, layout: str = "hivg") -> dict:
+    """Per-source image folders of an official layout (keys: coco, referit, flickr, vg)."""
+    r = Path(data_root)
+    if layout in ("transvg", "resvg", "hivg", "clipvg"):
+        flickr = "Flickr30k/flickr30k-images" if layout in ("hivg", "clipvg") else "Flickr30k/flickr30k_images"
+        return {"coco": str(r / "other/images/mscoco/images/train2014"), "referit": str(r / "referit/images"),
+                "flickr": str(r / flickr)}
+    if layout == "seqtr":
+        return {"coco": str(r / "images/mscoco/train2014"), "referit": str(r / "images/saiaprtc12"),
+                "flickr": str(r / "images/flickr30k"), "vg": str(r / "images/visual-genome")}
+    if layout == "refer":
+        return {"coco": str(r / "images/mscoco/images/train2014"), "referit": str(r / "images/saiapr_tc-12")}
+    raise ValueError(f"unknown image layout {layout!r} (transvg | hivg | seqtr | refer)")
+
+
+def _source(dataset: str) -> str:
+    if dataset in ("referit", "refclef"):
+        return "referit"
+    if dataset in ("flickr", "flickr30k"):
+        return "flickr"
+    return "coco"
+
+
+def load_split(fmt: str, dataset: str, split: str, *, split_root: str, data_root: str = "",
+               image_root: Optional[str] = None, layout: str = "hivg", on_error: str = "raise", **kw) -> list:
+    """Records of one split.
+
+    fmt: ``transvg`` (``<split_root>/<dataset>/<dataset>_<split>.pth``), ``refer``
+    (``<split_root>/<refer dataset>/refs(<splitBy>).p``), ``seqtr``
+    (``<split_root>/<seqtr dir>/instances.json`` or ``<split_root>`` itself when it is a file).
+    ``image_root`` (one folder for every source) wins over the layout's folders below ``data_root``.
+    Extra keyword arguments go to the format's reader (e.g. ``int_truncate=True``).
+    """
+    roots = image_roots(data_root or ".", layout)
+    if image_root:
+        root = image_root
+        roots = {k: image_root for k in roots}
+    else:
+        root = roots[_source(dataset)]
+    if fmt == "transvg":
+        if dataset == "mixup":
+            root = roots
+        path = transvg_fmt.split_path(split_root, dataset, split) if split != "trainval" or dataset == "referit" else None
+        if path is None:  # trainval = train + val (every dataset but referit)
+            return (load_split(fmt, dataset, "train", split_root=split_root, data_root=data_root,
+                               image_root=image_root, layout=layout, on_error=on_error, **kw)
+                    + load_split(fmt, dataset, "val", split_root=split_root, data_root=data_root,
+                                 image_root=image_root, layout=layout, on_error=on_error, **kw))
+        return transvg_fmt.read_split(path, dataset, image_root=root, split=split, on_error=on_error, **kw)
+    if fmt == "refer":
+        name, split_by = REFER_DATASETS.get(dataset, (dataset, kw.pop("split_by", "unc")))
+        return refer_fmt.read_refer(split_root, name, split_by, split=split, image_root=root, on_error=on_error, **kw)
+    if fmt == "seqtr":
+        p = Path(split_root)
+        if not p.is_file():
+            p = p / SEQTR_DIRS.get(dataset, dataset) / "instances.json"
+        return seqtr_fmt.read_seqtr(str(p), split=split, image_root=root, dataset=dataset, on_error=on_error, **kw)
+    raise ValueError(f"unknown annotation format {fmt!r} (transvg | refer | seqtr)")
+
+
+def default_workers(requested: Optional[int]) -> int:
+    """``requested`` if given, else min(4, cpus - 1) (0 on a 1-cpu machine)."""
+    if requested is not None:
+        return requested
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
