@@ -1,0 +1,140 @@
+"""Argument groups shared by every ``train.py`` / ``eval.py``.
+
+Each ``add_*_args(parser, **defaults)`` adds one argparse group; keyword arguments override the defaults
+so a method can match its official values, e.g. ``add_optim_args(p, lr=1e-4, lr_scheduler="cosine")``.
+An unknown default name is an error (catches typos).  Flag names follow the TransVG family
+(``--lr_scheduler``, ``--clip_max_norm``, ``--output_dir`` ...).
+
+Distributed: ranks come from the environment (``torchrun`` or ``torch.distributed.launch --use_env``);
+``--local_rank`` / ``--local-rank`` are accepted (and ignored beyond being recorded) so that the legacy
+launcher without ``--use_env``, which appends ``--local-rank=<n>``, still parses.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, Optional
+
+__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_common_args",
+           "build_parser", "str2bool"]
+
+
+def str2bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).lower()
+    if s in ("1", "true", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+def _apply(group, specs: Dict[str, tuple], defaults: Dict[str, Any], fn: str) -> None:
+    unknown = set(defaults) - set(specs)
+    if unknown:
+        raise TypeError(f"{fn}: unknown default(s) {sorted(unknown)}; known: {sorted(specs)}")
+    for dest, (flags, kw) in specs.items():
+        kw = dict(kw)
+        if dest in defaults:
+            kw["default"] = defaults[dest]
+        group.add_argument(*flags, dest=dest, **kw)
+
+
+def add_data_args(parser: argparse.ArgumentParser, **defaults) -> argparse._ArgumentGroup:
+    g = parser.add_argument_group("data")
+    specs = {
+        "data_root": (["--data_root"], dict(default="./ln_data", help="images root (per dataset sub-folders)")),
+        "split_root": (["--split_root"], dict(default="./data", help="annotation / split files root")),
+        "dataset": (["--dataset"], dict(default="refcoco", help="refcoco | refcoco+ | refcocog | referit | flickr | grefcoco | ...")),
+        "format": (["--format"], dict(default="transvg", help="annotation format: transvg | refer | seqtr")),
+        "splitby": (["--splitby"], dict(default=None, help="refer split-by (unc, umd, google); None = dataset default")),
+        "train_split": (["--train_split"], dict(default="train")),
+        "val_split": (["--val_split"], dict(default="val")),
+        "test_split": (["--test_split"], dict(default=None, help="split(s) for eval.py, comma separated")),
+        "imsize": (["--imsize"], dict(type=int, default=640, help="input size (pixels)")),
+        "max_query_len": (["--max_query_len"], dict(type=int, default=20)),
+        "num_workers": (["--num_workers"], dict(type=int, default=4)),
+        "batch_size": (["--batch_size"], dict(type=int, default=32, help="per process")),
+        "eval_batch_size": (["--eval_batch_size"], dict(type=int, default=None, help="per process; default = --batch_size")),
+        "synthetic": (["--synthetic"], dict(action="store_true", help="use the procedural synthetic dataset")),
+    }
+    _apply(g, specs, defaults, "add_data_args")
+    return g
+
+
+def add_optim_args(parser: argparse.ArgumentParser, **defaults) -> argparse._ArgumentGroup:
+    g = parser.add_argument_group("optimisation")
+    specs = {
+        "optimizer": (["--optimizer"], dict(default="adamw", choices=["adamw", "adam", "sgd"])),
+        "lr": (["--lr"], dict(type=float, default=1e-4, help="base learning rate")),
+        "weight_decay": (["--weight_decay"], dict(type=float, default=1e-4)),
+        "epochs": (["--epochs"], dict(type=int, default=90)),
+        "lr_scheduler": (["--lr_scheduler"], dict(default="step", choices=["constant", "step", "cosine", "poly", "linear"])),
+        "lr_interval": (["--lr_interval"], dict(default="epoch", choices=["epoch", "step"],
+                                                help="schedule stepped per epoch or per optimizer step")),
+        "lr_milestones": (["--lr_milestones"], dict(type=int, nargs="*", default=[], help="epochs (step schedule)")),
+        "lr_drop": (["--lr_drop"], dict(type=int, default=None, help="StepLR step size in epochs (step schedule)")),
+        "lr_gamma": (["--lr_gamma"], dict(type=float, default=0.1)),
+        "lr_power": (["--lr_power"], dict(type=float, default=0.9, help="poly schedule power")),
+        "min_lr_ratio": (["--min_lr_ratio"], dict(type=float, default=0.0)),
+        "warmup_epochs": (["--warmup_epochs"], dict(type=float, default=0.0)),
+        "warmup_steps": (["--warmup_steps"], dict(type=int, default=None, help="overrides --warmup_epochs with --lr_interval step")),
+        "warmup_start_factor": (["--warmup_start_factor"], dict(type=float, default=0.0)),
+        "clip_max_norm": (["--clip_max_norm"], dict(type=float, default=0.0, help="0 = no clipping")),
+        "accum_steps": (["--accum_steps"], dict(type=int, default=1, help="gradient accumulation steps")),
+        "amp": (["--amp"], dict(default="none", choices=["none", "bf16", "fp16"])),
+        "ema": (["--ema"], dict(type=str2bool, nargs="?", const=True, default=False)),
+        "ema_decay": (["--ema_decay"], dict(type=float, default=0.999)),
+    }
+    _apply(g, specs, defaults, "add_optim_args")
+    return g
+
+
+def add_dist_args(parser: argparse.ArgumentParser, **defaults) -> argparse._ArgumentGroup:
+    g = parser.add_argument_group("distributed")
+    specs = {
+        "dist_backend": (["--dist_backend"], dict(default=None, help="nccl | gloo (default: nccl on CUDA, gloo on CPU)")),
+        "device": (["--device"], dict(default=None, help="cuda | cpu (default: cuda if available)")),
+        "world_size": (["--world_size"], dict(type=int, default=None,
+                                              help="informational; the real value comes from WORLD_SIZE")),
+        "local_rank": (["--local_rank", "--local-rank"], dict(type=int, default=None,
+                                                             help="set by the legacy launcher; ranks are read from the environment")),
+    }
+    _apply(g, specs, defaults, "add_dist_args")
+    return g
+
+
+def add_logging_args(parser: argparse.ArgumentParser, **defaults) -> argparse._ArgumentGroup:
+    g = parser.add_argument_group("logging / output")
+    specs = {
+        "output_dir": (["--output_dir"], dict(default="./outputs")),
+        "resume": (["--resume"], dict(default="", help="vgcore checkpoint to resume from (exact resume)")),
+        "load": (["--load"], dict(default="", help="model weights to start from / evaluate")),
+        "seed": (["--seed"], dict(type=int, default=13)),
+        "eval_only": (["--eval_only"], dict(action="store_true")),
+        "log_every": (["--log_every"], dict(type=int, default=50, help="batches between log lines")),
+        "checkpoint_every_steps": (["--checkpoint_every_steps"], dict(type=int, default=0,
+                                                                      help="mid-epoch checkpoints (optimizer steps); 0 = per epoch only")),
+        "eval_every": (["--eval_every"], dict(type=int, default=1, help="epochs between evaluations")),
+        "max_steps": (["--max_steps"], dict(type=int, default=None, help="stop each epoch after this many batches (debug)")),
+        "tensorboard": (["--tensorboard"], dict(type=str2bool, nargs="?", const=True, default=True)),
+    }
+    _apply(g, specs, defaults, "add_logging_args")
+    return g
+
+
+def add_common_args(parser: argparse.ArgumentParser, data: Optional[dict] = None, optim: Optional[dict] = None,
+                    dist: Optional[dict] = None, logging: Optional[dict] = None) -> argparse.ArgumentParser:
+    """All four groups; each dict holds that group's default overrides."""
+    add_data_args(parser, **(data or {}))
+    add_optim_args(parser, **(optim or {}))
+    add_dist_args(parser, **(dist or {}))
+    add_logging_args(parser, **(logging or {}))
+    return parser
+
+
+def build_parser(description: str = "", add_help: bool = True, **groups) -> argparse.ArgumentParser:
+    """``argparse.ArgumentParser`` with the common groups (``groups``: data=..., optim=..., dist=..., logging=...)."""
+    p = argparse.ArgumentParser(description, add_help=add_help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return add_common_args(p, **groups)
