@@ -1,0 +1,379 @@
+"""BEiT-3 Multiway Transformer (torchscale ``BEiT3``) for joint image + text encoding, and its pretrained loader.
+
+Sequence layout (the official one): ``[vision CLS, P patches (row-major), L text tokens]``.  Every Linear and
+LayerNorm of the encoder is *multiway*: the first ``split = 1 + P`` tokens go through expert ``A`` (vision), the
+rest through expert ``B`` (text).  Image-only input uses A for everything, text-only input uses B.
+
+* Vision embedding: Conv2d(3 -> D, kernel = stride = patch) + a learnable ``cls_token`` prepended
+  (``mask_token`` exists for checkpoint compatibility and is unused).  The input size is fixed by the
+  position table: H, W must equal ``img_size``.
+* Text embedding: nn.Embedding(vocab_size, D), no padding_idx; ids are XLM-R / fairseq sentencepiece ids
+  (``<s>``=0, ``<pad>``=1, ``</s>``=2, piece ids shifted by +1).
+* Positions (fairseq convention, ids start at 2): table ``A`` has 2 + 1 + P rows (rows 0-1 unused offset rows,
+  row 2 = CLS, rows 3.. = patches), table ``B`` has ``max_text_positions`` rows, text token j uses row 2 + j.
+  No embedding scale, no embedding LayerNorm.  Padded text embeddings (token + position) are zeroed.
+* Layers: pre-LN with sub-LN (Magneto):
+  ``x += drop_path(out_proj(inner_attn_ln(MHA(self_attn_layer_norm(x)))))``,
+  ``x += drop_path(fc2(ffn_layernorm(gelu(fc1(final_layer_norm(x))))))``; full bidirectional attention over the
+  joint sequence, padded text keys masked (SDPA); final multiway ``layer_norm``.
+* Drop-path rate of layer i = linspace(0, drop_path_rate, num_layers)[i].
+
+Parameter names mirror torchscale exactly (without the ``beit3.`` prefix of the official checkpoints), so an
+official state dict loads after stripping the prefix.  Masks: ``text_padding_mask`` is bool [B, L], True = pad.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BEiT3Config", "BEIT3_PRESETS", "beit3_config", "BEiT3", "Multiway", "drop_path",
+           "read_checkpoint", "adapt_beit3_pretrained", "resize_vision_positions", "resize_patch_kernel"]
+
+BEIT3_PRESETS = {
+    "base": dict(embed_dim=768, num_heads=12, ffn_dim=3072, num_layers=12),
+    "large": dict(embed_dim=1024, num_heads=16, ffn_dim=4096, num_layers=24),
+    "tiny": dict(embed_dim=128, num_heads=4, ffn_dim=256, num_layers=3),
+}
+
+
+@dataclass
+class BEiT3Config:
+    embed_dim: int = 768
+    num_heads: int = 12
+    ffn_dim: int = 3072
+    num_layers: int = 12
+    img_size: Union[int, Tuple[int, int]] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    vocab_size: int = 64010
+    max_text_positions: int = 1024
+    drop_path_rate: float = 0.0
+    layernorm_eps: float = 1e-5
+
+    @property
+    def img_hw(self) -> Tuple[int, int]:
+        s = self.img_size
+        return (int(s), int(s)) if isinstance(s, (int, float)) else (int(s[0]), int(s[1]))
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        h, w = self.img_hw
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def beit3_config(preset: str = "base", **overrides) -> BEiT3Config:
+    """A `BEiT3Config` from a preset name ('base', 'large', 'tiny') plus keyword overrides."""
+    if preset not in BEIT3_PRESETS:
+        raise KeyError(f"unknown BEiT-3 preset {preset!r}; choose from {sorted(BEIT3_PRESETS)}")
+    kw = dict(BEIT3_PRESETS[preset])
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return BEiT3Config(**kw)
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch per sample with probability p (rescaled by 1/(1-p))."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class Multiway(nn.Module):
+    """Two copies of a token-wise module: ``A`` for tokens [0, split), ``B`` for tokens [split, L) (dim 1)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.A = module
+        self.B = copy.deepcopy(module)
+
+    def forward(self, x: torch.Tensor, split: int) -> torch.Tensor:
+        n = x.shape[1]
+        if split >= n:
+            return self.A(x)
+        if split <= 0:
+            return self.B(x)
+        return torch.cat([self.A(x[:, :split]), self.B(x[:, split:])], dim=1)
+
+
+class VisionEmbedding(nn.Module):
+    def __init__(self, cfg: BEiT3Config):
+        super().__init__()
+        self.img_hw, self.grid = cfg.img_hw, cfg.grid
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        # unused (masked-image pretraining only); kept for checkpoints, frozen so DDP sees no unused grad param
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim), requires_grad=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, 1 + P, D] (CLS first, patches row-major)."""
+        if tuple(image.shape[-2:]) != self.img_hw:
+            raise ValueError(f"BEiT3: input image size {tuple(image.shape[-2:])} != model img_size {self.img_hw} "
+                             "(the vision position table fixes the input size)")
+        x = self.proj(image).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+def _embedding(n: int, d: int) -> nn.Embedding:
+    """nn.Embedding without its own init (filled by `BEiT3.reset_parameters`; cheap on the meta device)."""
+    return nn.Embedding(n, d, _weight=torch.empty(n, d))
+
+
+class MultiwayPositions(nn.Module):
+    """``A``: vision table (2 offset rows + CLS + patches); ``B``: text table. Rows used start at 2."""
+
+    def __init__(self, cfg: BEiT3Config):
+        super().__init__()
+        self.A = _embedding(cfg.num_patches + 1 + 2, cfg.embed_dim)
+        self.B = _embedding(cfg.max_text_positions, cfg.embed_dim)
+
+    def forward(self, num_vision: int, num_text: int) -> torch.Tensor:
+        parts = []
+        if num_vision:
+            parts.append(self.A.weight[2:2 + num_vision])
+        if num_text:
+            if 2 + num_text > self.B.num_embeddings:
+                raise ValueError(f"BEiT3: {num_text} text tokens exceed max_text_positions {self.B.num_embeddings} - 2")
+            parts.append(self.B.weight[2:2 + num_text])
+        return torch.cat(parts, 0)[None]
+
+
+class SelfAttention(nn.Module):
+    """torchscale MultiheadAttention (self-attention, sub-LN) with multiway projections."""
+
+    def __init__(self, cfg: BEiT3Config):
+        super().__init__()
+        D = cfg.embed_dim
+        self.num_heads = cfg.num_heads
+        self.q_proj = Multiway(nn.Linear(D, D))
+        self.k_proj = Multiway(nn.Linear(D, D))
+        self.v_proj = Multiway(nn.Linear(D, D))
+        self.out_proj = Multiway(nn.Linear(D, D))
+        self.inner_attn_ln = Multiway(nn.LayerNorm(D, eps=cfg.layernorm_eps))
+
+    def forward(self, x: torch.Tensor, split: int, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        B, N, D = x.shape
+        H = self.num_heads
+
+        def heads(t):
+            return t.view(B, N, H, D // H).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x, split)), heads(self.k_proj(x, split)), heads(self.v_proj(x, split))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(B, N, D)
+        return self.out_proj(self.inner_attn_ln(out, split), split)
+
+
+class FeedForward(nn.Module):
+    """fc1 -> GELU -> ffn_layernorm (sub-LN) -> fc2."""
+
+    def __init__(self, cfg: BEiT3Config):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
+        self.ffn_layernorm = nn.LayerNorm(cfg.ffn_dim, eps=cfg.layernorm_eps)
+
+    def forward(self, x):
+        return self.fc2(self.ffn_layernorm(F.gelu(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: BEiT3Config, drop_path_rate: float):
+        super().__init__()
+        D = cfg.embed_dim
+        self.self_attn = SelfAttention(cfg)
+        self.self_attn_layer_norm = Multiway(nn.LayerNorm(D, eps=cfg.layernorm_eps))
+        self.ffn = Multiway(FeedForward(cfg))
+        self.final_layer_norm = Multiway(nn.LayerNorm(D, eps=cfg.layernorm_eps))
+        self.drop_path_rate = float(drop_path_rate)
+
+    def forward(self, x, split: int, attn_mask=None):
+        x = x + drop_path(self.self_attn(self.self_attn_layer_norm(x, split), split, attn_mask),
+                          self.drop_path_rate, self.training)
+        x = x + drop_path(self.ffn(self.final_layer_norm(x, split), split), self.drop_path_rate, self.training)
+        return x
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: BEiT3Config):
+        super().__init__()
+        self.embed_positions = MultiwayPositions(cfg)
+        n = cfg.num_layers
+        rates = [cfg.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]  # np.linspace(0, r, n)
+        self.layers = nn.ModuleList(EncoderLayer(cfg, r) for r in rates)
+        self.layer_norm = Multiway(nn.LayerNorm(cfg.embed_dim, eps=cfg.layernorm_eps))
+
+
+class BEiT3(nn.Module):
+    """The BEiT-3 backbone.  ``forward(image, text_ids, text_padding_mask)`` -> dict:
+
+    ``tokens`` [B, N, D] (after the final multiway LayerNorm), ``split`` (number of vision tokens),
+    and when an image is given ``cls`` [B, D] (the vision CLS output) and ``img_tokens`` [B, P, D] (row-major
+    patches; reshape with ``grid`` = (H/patch, W/patch)); when text is given ``text_tokens`` [B, L, D].
+    ``return_hidden=True`` adds ``hidden`` = list of every layer's output (before the final LayerNorm).
+    """
+
+    def __init__(self, cfg: BEiT3Config):
+        super().__init__()
+        self.cfg = cfg
+        self.text_embed = _embedding(cfg.vocab_size, cfg.embed_dim)
+        self.vision_embed = VisionEmbedding(cfg)
+        self.encoder = Encoder(cfg)
+        self.reset_parameters()
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        return self.cfg.grid
+
+    def reset_parameters(self):
+        """Official init: trunc_normal(std 0.02, cut at +-0.02) Linear weights, zero biases, unit LayerNorms;
+        text embedding N(0, D^-0.5); position tables N(0, 1); CLS / mask tokens zero; Conv2d PyTorch default."""
+        if self.text_embed.weight.is_meta:
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02, a=-0.02, b=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.text_embed.weight, std=self.cfg.embed_dim ** -0.5)
+        nn.init.normal_(self.encoder.embed_positions.A.weight)
+        nn.init.normal_(self.encoder.embed_positions.B.weight)
+
+    def forward(self, image: Optional[torch.Tensor] = None, text_ids: Optional[torch.Tensor] = None,
+                text_padding_mask: Optional[torch.Tensor] = None, return_hidden: bool = False) -> Dict:
+        if image is None and text_ids is None:
+            raise ValueError("BEiT3.forward: give an image, text ids, or both")
+        parts, pad = [], []
+        nv = nt = 0
+        if image is not None:
+            v = self.vision_embed(image)
+            nv = v.shape[1]
+            parts.append(v)
+        if text_ids is not None:
+            if text_ids.numel() and int(text_ids.max()) >= self.cfg.vocab_size:
+                raise ValueError(f"BEiT3: text id {int(text_ids.max())} >= vocab_size {self.cfg.vocab_size}")
+            t = self.text_embed(text_ids)
+            nt = t.shape[1]
+            parts.append(t)
+        x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        x = x + self.encoder.embed_positions(nv, nt).to(x.dtype)
+        attn_mask = None
+        if text_ids is not None and text_padding_mask is not None:
+            tpad = text_padding_mask.bool()
+            pad = torch.cat([tpad.new_zeros(x.shape[0], nv), tpad], 1)
+            x = x * (~pad).unsqueeze(-1).to(x.dtype)
+            attn_mask = (~pad)[:, None, None, :]
+        split = nv
+        hidden = []
+        for layer in self.encoder.layers:
+            x = layer(x, split, attn_mask)
+            if return_hidden:
+                hidden.append(x)
+        x = self.encoder.layer_norm(x, split)
+        out = {"tokens": x, "split": split}
+        if image is not None:
+            out["cls"] = x[:, 0]
+            out["img_tokens"] = x[:, 1:nv]
+        if text_ids is not None:
+            out["text_tokens"] = x[:, nv:]
+        if return_hidden:
+            out["hidden"] = hidden
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Official pretrained checkpoints (unilm beit3_{base,large}[_indomain]_patch16_224.pth, sometimes named .zip)
+# ----------------------------------------------------------------------------------------------------------
+
+def read_checkpoint(path_or_obj, keys=("model", "module")) -> Dict[str, torch.Tensor]:
+    """torch.load a checkpoint (a .pth or its '.zip' rename) and pick its state dict by the first present key."""
+    obj = torch.load(path_or_obj, map_location="cpu", weights_only=False) if isinstance(path_or_obj, str) else path_or_obj
+    if not isinstance(obj, dict):
+        raise TypeError(f"checkpoint {path_or_obj!r}: expected a dict, got {type(obj).__name__}")
+    for k in keys:
+        if k in obj and isinstance(obj[k], dict):
+            return obj[k]
+    return obj
+
+
+def resize_vision_positions(table: torch.Tensor, grid: Tuple[int, int], num_extra: int = 3) -> torch.Tensor:
+    """Vision position table [num_extra + g*g, D] -> [num_extra + gh*gw, D]: the first ``num_extra`` rows
+    (2 fairseq offset rows + CLS) are kept, the square g x g grid is resized bicubic (align_corners=False)."""
+    n, D = table.shape
+    g = int(round(math.sqrt(n - num_extra)))
+    if g * g != n - num_extra:
+        raise ValueError(f"vision position table with {n} rows is not {num_extra} + a square grid")
+    if (g, g) == tuple(grid):
+        return table
+    extra, pos = table[:num_extra], table[num_extra:]
+    pos = pos.reshape(1, g, g, D).permute(0, 3, 1, 2).float()
+    pos = F.interpolate(pos, size=tuple(grid), mode="bicubic", align_corners=False)
+    pos = pos.permute(0, 2, 3, 1).flatten(1, 2)[0].to(table.dtype)
+    return torch.cat([extra, pos], 0)
+
+
+def resize_patch_kernel(weight: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Patch-embedding kernel [D, C, p, p] -> [D, C, patch_size, patch_size], bicubic, **no magnitude rescale**
+    (SimVG/ALVG behaviour: a 16 -> 32 resize makes each patch sum ~4x more input at initialisation)."""
+    if tuple(weight.shape[-2:]) == (patch_size, patch_size):
+        return weight
+    return F.interpolate(weight.float(), size=(patch_size, patch_size), mode="bicubic",
+                         align_corners=False).to(weight.dtype)
+
+
+def adapt_beit3_pretrained(state: Dict[str, torch.Tensor], cfg: BEiT3Config, prefix: str = "beit3.",
+                           resize_patch: bool = True) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Official BEiT-3 pretrained state dict (keys ``beit3.*``) -> our `BEiT3` keys (prefix stripped) with the
+    vision position table and (if ``resize_patch``) the patch kernel resized to ``cfg``.
+
+    Returns (state dict, ignored keys).  Keys outside ``prefix`` (pretraining heads etc.) are ignored and listed.
+    """
+    out, ignored = {}, []
+    for k, v in state.items():
+        if not k.startswith(prefix):
+            ignored.append(k)
+            continue
+        out[k[len(prefix):]] = v
+    key_pos, key_proj = "encoder.embed_positions.A.weight", "vision_embed.proj.weight"
+    if key_pos in out:
+        out[key_pos] = resize_vision_positions(out[key_pos], cfg.grid)
+    if key_proj in out and resize_patch:
+        out[key_proj] = resize_patch_kernel(out[key_proj], cfg.patch_size)
+    return out, ignored
+
+
+def load_beit3_pretrained(model: BEiT3, path_or_state, resize_patch: bool = True) -> Dict[str, List[str]]:
+    """Load an official BEiT-3 checkpoint into ``model`` strictly (every parameter must be filled).
+
+    Returns a report ``{"ignored": [...]}`` of checkpoint keys outside ``beit3.*``; raises listing any
+    missing / unexpected / mis-shaped key.
+    """
+    state = read_checkpoint(path_or_state)
+    sd, ignored = adapt_beit3_pretrained(state, model.cfg, resize_patch=resize_patch)
+    own = model.state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if bad or missing or unexpected:
+        raise RuntimeError("BEiT-3 pretrained load failed:\n  shape mismatch: " + "; ".join(bad)
+                           + f"\n  missing: {missing}\n  unexpected: {unexpected}")
+    model.load_state_dict(sd, strict=True)
+    return {"ignored": ignored}
