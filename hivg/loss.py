@@ -1,0 +1,151 @@
+"""HiVG training criterion (official `utils/loss_utils.py::trans_vg_loss`, hivg.md §7).
+
+Terms (each summed over the batch and divided by the per-GPU batch size B; no Hungarian matching):
+  loss_bbox          2.0 * L1 over the 4 normalised cxcywh coordinates (plain L1, not smooth-L1)
+  loss_giou          2.0 * (1 - GIoU) on xyxy
+  loss_contrastive   1.0 * CLIP symmetric CE on logits_per_text [B,B]          (use_contrastive_loss)
+  loss_algin_focal  20.0 * sigmoid focal (alpha .25, gamma 2, mean over patches) on visu_token_similarity vs
+                           the object mask downsampled to the patch grid (nearest, > 0.5)   (use_rtcc_constrain_loss)
+  loss_align_dice    2.0 * dice on the same                                                 (use_rtcc_constrain_loss)
+  loss_seg_focal    20.0 * focal on seg_mask upsampled (bilinear) to the mask size vs the mask  (use_mask_loss)
+  loss_seg_dice      2.0 * dice on the same                                                 (use_mask_loss)
+'loss' = plain sum.  The official key name 'loss_algin_focal' (sic) is kept.
+
+Targets: ``batch.boxes`` [B,4] normalised cxcywh of the padded input; ``batch.masks`` [B,H,W] object masks at
+input size, or None -> box masks rasterised from ``boxes`` (pixel centres inside the box), which is what the
+official pipeline uses by default (``--use_seg_mask`` off: a box-shaped mask).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HiVGCriterion", "box_cxcywh_to_xyxy", "elementwise_giou", "sigmoid_focal_loss", "dice_loss",
+           "box_masks_from_boxes", "clip_loss"]
+
+
+def box_cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = b.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
+
+
+def elementwise_giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """GIoU of matching rows of two xyxy box sets [N,4] -> [N]."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = torch.max(a[:, :2], b[:, :2])
+    rb = torch.min(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = area_a + area_b - inter
+    iou = inter / union
+    lt_c = torch.min(a[:, :2], b[:, :2])
+    rb_c = torch.max(a[:, 2:], b[:, 2:])
+    area_c = (rb_c - lt_c).clamp(min=0).prod(-1)
+    return iou - (area_c - union) / area_c
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, num: float, alpha: float = 0.25,
+                       gamma: float = 2.0) -> torch.Tensor:
+    """RetinaNet focal loss on [B, P] logits: mean over P, sum over B, / num."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.mean(1).sum() / num
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num: float) -> torch.Tensor:
+    """1 - (2 sum(p t) + 1) / (sum p + sum t + 1) per row of [B, P] (p = sigmoid), summed, / num."""
+    p = logits.sigmoid().flatten(1)
+    num_ = 2 * (p * targets).sum(1)
+    den = p.sum(-1) + targets.sum(-1)
+    return (1 - (num_ + 1) / (den + 1)).sum() / num
+
+
+def clip_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.t(), labels)) / 2
+
+
+def box_masks_from_boxes(boxes_cxcywh: torch.Tensor, size: tuple) -> torch.Tensor:
+    """[B,4] normalised cxcywh -> [B,H,W] float {0,1}: pixels whose centre lies inside the box."""
+    H, W = size
+    xyxy = box_cxcywh_to_xyxy(boxes_cxcywh.float()) * boxes_cxcywh.new_tensor([W, H, W, H]).float()
+    ys = torch.arange(H, device=boxes_cxcywh.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(W, device=boxes_cxcywh.device, dtype=torch.float32) + 0.5
+    iny = (ys[None] >= xyxy[:, 1:2]) & (ys[None] < xyxy[:, 3:4])
+    inx = (xs[None] >= xyxy[:, 0:1]) & (xs[None] < xyxy[:, 2:3])
+    return (iny[:, :, None] & inx[:, None, :]).float()
+
+
+def _get(batch: Any, name: str):
+    if isinstance(batch, dict):
+        return batch.get(name)
+    return getattr(batch, name, None)
+
+
+class HiVGCriterion(nn.Module):
+    """``HiVGCriterion(args)(outputs, batch) -> dict`` of weighted terms plus 'loss'.
+
+    ``args`` (Namespace or dict, all optional): ``use_contrastive_loss``, ``use_rtcc_constrain_loss``,
+    ``use_mask_loss`` (default True each: every official training script sets all three), and the weights
+    ``bbox_loss_coef`` 2, ``giou_loss_coef`` 2, ``contrastive_loss_coef`` 1, ``align_focal_coef`` 20,
+    ``align_dice_coef`` 2, ``seg_focal_coef`` 20, ``seg_dice_coef`` 2 (the hard-coded official values).
+    """
+
+    DEFAULTS = dict(use_contrastive_loss=True, use_rtcc_constrain_loss=True, use_mask_loss=True,
+                    bbox_loss_coef=2.0, giou_loss_coef=2.0, contrastive_loss_coef=1.0, align_focal_coef=20.0,
+                    align_dice_coef=2.0, seg_focal_coef=20.0, seg_dice_coef=2.0)
+
+    def __init__(self, args: Any = None, **kw):
+        super().__init__()
+        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        given.update(kw)
+        cfg = dict(self.DEFAULTS)
+        for k in cfg:
+            if given.get(k) is not None:
+                cfg[k] = type(cfg[k])(given[k])
+        self.cfg = cfg
+
+    def forward(self, outputs: dict, batch: Any) -> dict:
+        c = self.cfg
+        pred = outputs["pred_boxes"].float()
+        tgt = _get(batch, "boxes").to(pred)
+        B = pred.shape[0]
+        losses = {
+            "loss_bbox": c["bbox_loss_coef"] * F.l1_loss(pred, tgt, reduction="sum") / B,
+            "loss_giou": c["giou_loss_coef"] * (1 - elementwise_giou(box_cxcywh_to_xyxy(pred),
+                                                                     box_cxcywh_to_xyxy(tgt))).sum() / B,
+        }
+        if c["use_contrastive_loss"]:
+            losses["loss_contrastive"] = c["contrastive_loss_coef"] * clip_loss(outputs["logits_per_text"].float())
+        if c["use_rtcc_constrain_loss"] or c["use_mask_loss"]:
+            masks = _get(batch, "masks")
+            if masks is None:
+                pm = _get(batch, "pixel_mask")
+                images = _get(batch, "images")
+                size = tuple(pm.shape[-2:]) if pm is not None else tuple(images.shape[-2:])
+                masks = box_masks_from_boxes(tgt, size)
+            masks = masks.to(pred.device).float()
+            if masks.dim() == 4:  # [B,1,H,W]
+                masks = masks[:, 0]
+            if c["use_rtcc_constrain_loss"]:
+                sim = outputs["visu_token_similarity"].float().flatten(1)
+                g = int(round(sim.shape[1] ** 0.5))
+                obj = (F.interpolate(masks[:, None], size=(g, g), mode="nearest")[:, 0] > 0.5).flatten(1).float()
+                losses["loss_algin_focal"] = c["align_focal_coef"] * sigmoid_focal_loss(sim, obj, B)
+                losses["loss_align_dice"] = c["align_dice_coef"] * dice_loss(sim, obj, B)
+            if c["use_mask_loss"]:
+                seg = F.interpolate(outputs["seg_mask"].float(), size=masks.shape[-2:], mode="bilinear",
+                                    align_corners=False).flatten(1)
+                tm = masks.flatten(1)
+                losses["loss_seg_focal"] = c["seg_focal_coef"] * sigmoid_focal_loss(seg, tm, B)
+                losses["loss_seg_dice"] = c["seg_dice_coef"] * dice_loss(seg, tm, B)
+        losses["loss"] = sum(losses.values())
+        return losses
