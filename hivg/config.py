@@ -54,6 +54,10 @@ class HiVGConfig:
     lora_dropout: float = 0.1
     hi_lora_stage: int = 0
     hilora_stage_layers: list = field(default_factory=lambda: [5, 8, 12])  # leading vision blocks per stage 1..3
+    # initial (frozen) contrastive temperature: CLIP's trained value for pretrained towers; the from-scratch
+    # presets start from CLIP's own initialisation, ln(1/0.07), since a scale of 100 on random features
+    # collapses the contrastive term to its chance value ln(B) (measured on the synthetic data)
+    logit_scale_init: float = 4.605170185988092  # ln(100)
     # compat switches
     compat_batch_mixing: bool = False
 

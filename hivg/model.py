@@ -125,7 +125,7 @@ class HiVG(nn.Module):
                                   cfg.vision_heads, cfg.vision_mlp, cfg.bridge_layers, bridge_kwargs, **lora)
         self.text_projection = nn.Linear(cfg.text_width, H, bias=False)
         self.visual_projection = nn.Linear(cfg.vision_width, H, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(100.0)), requires_grad=False)  # CLIP's trained value
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)), requires_grad=False)
         self.condition_text_proj = nn.Linear(H, cfg.vision_width) if cfg.mixup_pretrain else None
         # heads
         self.visu_proj = nn.Linear(H, H)
