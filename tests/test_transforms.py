@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import zlib
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ CONFIGS = [
                          ids=[f"{c[0]}-{'train' if c[1] else 'eval'}-{i}" for i, c in enumerate(CONFIGS)])
 def test_box_mask_affine_agree(family, train, imsize, flags, hw):
     tf = build_transforms(family, train, imsize, **flags)
-    rng = np.random.default_rng(abs(hash((family, train, imsize))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{family}-{train}-{imsize}".encode()))  # stable across processes
     random.seed(1234)
     n_draws = 16 if train else 4
     samples = []
@@ -91,6 +92,8 @@ def test_box_mask_affine_agree(family, train, imsize, flags, hw):
         # 1. the box equals the affine image of the original box, clipped to what is visible
         pushed = affine_apply_boxes(torch.from_numpy(box), aff)
         clipped = torch.cat([torch.maximum(pushed[:, :2], vis[:2]), torch.minimum(pushed[:, 2:], vis[2:])], 1)
+        # a box cut away entirely (TransVG's swapped crop test, compat=True, allows it) collapses onto the crop edge
+        clipped[:, 2:] = torch.maximum(clipped[:, 2:], clipped[:, :2])
         # (coordinates clipped by a crop may differ by < 0.5 px: the official TransVG resize scales boxes by
         # size / long_side while the image gets round(side * ratio) pixels)
         assert torch.allclose(s.boxes, clipped, atol=0.5), (family, k, s.boxes, clipped)
