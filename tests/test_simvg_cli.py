@@ -171,3 +171,21 @@ def test_predict_both_branches(syn, tmp_path):
         assert 0 <= x1 <= x2 <= W and 0 <= y1 <= y2 <= H
         assert r["score"] == pytest.approx(torch.tensor([3.0, -3.0]).softmax(0)[0].item(), abs=1e-4)
         assert (tmp_path / f"{branch}.png").stat().st_size > 0
+
+
+def test_postprocess_maps_gt_boxes_back_exactly(syn):
+    """Feeding the (transformed) ground truth as the prediction scores IoU ~1 on every sample (input-frame ->
+    original-pixel mapping of `branch_predictions`), and the metric accumulator reports Acc@0.5 = 1."""
+    from simvg.common import (build_data, build_tok, make_accumulators_factory, make_postprocess, resolve_preset)
+    a = resolve_preset(_train_args(["--dataset", "refcoco", *common(syn, syn / "unused")]))
+    _, loader = build_data(a, "val", False, build_tok(a), a.img_size, batch_size=7)
+    acc = make_accumulators_factory(False)()
+    for batch in loader:
+        B = len(batch)
+        logits = torch.tensor([5.0, -5.0]).expand(B, 1, 2)
+        out = {"decoder_logits": logits[None], "decoder_boxes": batch.boxes[None, :, None], "token_logits": logits,
+               "token_boxes": batch.boxes[:, None].clamp(0, 1)}
+        acc.update(**make_postprocess(a.img_size)(out, batch))
+    m = acc.all_reduce().compute()
+    assert m["n"] == 24 and m["decoder/acc@0.5"] == 1.0 and m["token/acc@0.5"] == 1.0
+    assert m["decoder/miou"] > 0.97  # GT is clipped to [0, W-1] x [0, H-1] (official) before the transform
