@@ -7,8 +7,9 @@ with ``--resume <output_dir>/checkpoint.pth`` ends with the same weights as an u
 * ``<output_dir>/checkpoint.pth``: the full training state (`vgcore.checkpoint.save_checkpoint`), written
   atomically at the end of every epoch and every ``--checkpoint_every_steps`` optimizer steps.  It stores
   ``(epoch, step)`` = the epoch in progress and the batches of it already done.
-* ``<output_dir>/best_checkpoint.pth``: model weights + model config + the validation metrics of the best
-  epoch (`save_model`), the file ``eval.py`` and the next training stage read.
+* ``<output_dir>/best_checkpoint.pth``: model weights (raw, plus the EMA weights when training keeps an EMA;
+  validation and model selection use the EMA) + model config + the validation metrics of the best epoch
+  (`save_model`), the file ``eval.py`` and the next training stage read.
 * ``<output_dir>/log.jsonl`` / ``tb/``: per-epoch statistics (rank 0).
 
 The data order of epoch ``e`` depends only on ``(seed, e, rank)`` (`vgcore.dist.build_loader`), and a
@@ -35,12 +36,17 @@ MODEL_FORMAT = "vgcore-model-1"
 
 
 def save_model(path, model: torch.nn.Module, config: Any = None, metrics: Optional[dict] = None,
-               extra: Optional[dict] = None) -> Optional[Path]:
-    """Model-only file: {"format", "model", "config", "metrics", "extra"}; rank 0 writes (not collective)."""
+               extra: Optional[dict] = None, ema=None) -> Optional[Path]:
+    """Model-only file: {"format", "model", "config", "metrics", "extra"[, "ema"]}; rank 0 writes (not
+    collective).  ``model`` holds the raw weights (what a next stage loads, as in the official codes);
+    with ``ema`` the averaged weights are kept beside them under ``ema`` (``{"shadow": state dict, ...}``),
+    which evaluation selects with ``--use_ema``."""
     if not dist.is_main_process():
         return None
     obj = {"format": MODEL_FORMAT, "model": dist.unwrap_model(model).state_dict(), "config": config,
            "metrics": dict(metrics or {}), "extra": dict(extra or {})}
+    if ema is not None:
+        obj["ema"] = ema.state_dict()
     return atomic_save(obj, path)
 
 
@@ -137,10 +143,10 @@ def fit(*, args, model: torch.nn.Module, criterion: Callable, optimizer: torch.o
                 last_metrics = evaluate(model, val_loader, device, postprocess=postprocess,
                                         accumulators=make_accumulators(), amp=getattr(args, "amp", "none"),
                                         logger=logger, log_step=e + 1, desc=f"val {e}")
-                value = last_metrics.get(metric)
-                if value is not None and _better(value, best, mode):
-                    best = value
-                    save_model(best_path, model, model_config, last_metrics, {"epoch": e, "ema": ema is not None})
+            value = last_metrics.get(metric)
+            if value is not None and _better(value, best, mode):
+                best = value
+                save_model(best_path, model, model_config, last_metrics, {"epoch": e}, ema=ema)
             record.update({f"val/{k}": v for k, v in last_metrics.items()})
             logger.info(f"epoch {e}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()
                                                    if isinstance(v, float)) + f" (best {metric} {best})")
