@@ -884,7 +884,7 @@ def build_transforms(family: str, train: bool, imsize: Optional[int] = None, **f
         if resvg:
             scales = flags.get("scales", [448, 480, 512, 544, 576, 608, 640])
         else:
-            scales = flags.get("scales", [S - 32 * i for i in range(7)] if aug_scale else [S])
+            scales = flags.get("scales", [S - 32 * i for i in range(7) if S - 32 * i > 0] if aug_scale else [S])  # small canvases: positive sizes only
         scales = [x for x in scales if x > 0]
         plain = RandomResize(scales, box_scale=box_scale)
         steps: list = [LowercaseText()]
