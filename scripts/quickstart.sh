@@ -5,7 +5,7 @@
 #   3. evaluate on val: metrics JSON + a PNG of predictions (red) and ground truth (green);
 #   4. compare with the trivial baselines (centre box, largest object, random object) and the noun-only one.
 # Status: runs end to end in about 10 minutes on 2 CPU cores, but the tiny preset is still far from the
-# baselines within that budget (measured: val Acc@0.5 1.0%, mIoU 0.057 after 5 epochs); see hivg/README.md.
+# baselines within that budget (measured: val Acc@0.5 1.4%, mIoU 0.056 after 6 epochs); see hivg/README.md.
 # Usage: bash scripts/quickstart.sh [--dry-run]     env: OUT (default ./outputs/quickstart), EPOCHS, NUM_TRAIN
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
