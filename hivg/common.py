@@ -11,14 +11,12 @@ uses the paper's buckets (Fig. 4c): 1-5, 6-7, 8-10, 11+ words.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
 from hivg import convert
-from hivg.config import PRESETS
 from hivg.model import HiVG, build_model
 from vgcore import cli
 from vgcore.checkpoint import load_state_dict_strict
@@ -65,7 +63,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root's layout)")
     g.add_argument("--box_int_truncate", action="store_true",
                    help="compat: truncate the stored x, y, w, h to int before xywh->xyxy, as the official loader does")
-    g.add_argument("--eval_batch_mixing_bs", type=int, default=None, help=argparse.SUPPRESS)
     cli.add_data_args(p, data_root="./data/image_data/", split_root="./data/pseudo_samples/", dataset="referit",
                       format="transvg", imsize=224, max_query_len=77, num_workers=None, batch_size=8)
 
@@ -174,6 +171,3 @@ def make_postprocess():
                 "group": [length_bucket(r.expression) for r in batch.records]}
     return postprocess
 
-
-def preset_names() -> list:
-    return sorted(PRESETS)

@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 import torch
 
 from hivg import convert
-from hivg.common import add_model_args, build_data, load_pretrained, make_accumulators, make_postprocess, \
+from hivg.common import add_model_args, build_data, make_accumulators, make_postprocess, \
     model_config_from_args
 from hivg.model import build_model
 from vgcore import cli, dist

@@ -18,7 +18,6 @@ the patch grid) (torchvision ``Resize`` on the int mask, as the official code); 
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch

@@ -18,7 +18,7 @@ vectorised call (`Batch.boxes_to_original`) and no per-sample Python.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
