@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from simvg import convert
-from simvg.model import SimVG, build_model, postprocess_rec
+from simvg.model import SimVG, postprocess_rec
 from vgcore.checkpoint import torch_load, unwrap_checkpoint
 from vgcore.data.build import load_split
 from vgcore.data.dataset import Collate, GroundingDataset
