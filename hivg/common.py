@@ -94,7 +94,8 @@ def _load_whole(model: HiVG, path: str, allow_missing=()) -> dict:
     sd = obj["model"]
     if not any(k.startswith(("fusion.", "bbox_head.")) for k in sd):  # an official checkpoint: convert first
         sd, info = convert.convert_official(convert.load_checkpoint_file(path), mixup=model.cfg.mixup_pretrain)
-    load_state_dict_strict(model, sd, allow_missing=allow_missing, what=path)
+    missing, _ = load_state_dict_strict(model, sd, allow_missing=allow_missing, what=path)
+    obj["missing"] = missing
     return obj
 
 
@@ -108,8 +109,10 @@ def load_pretrained(model: HiVG, args, logger=None) -> None:
             say(f"loaded CLIP weights from {path} ({info.get('source')}, {len(sd)} tensors)")
     if args.retrain:
         # a --warmup model has no bridge: exactly the bridge (and adaptive-weight) parameters may be missing
-        _load_whole(model, args.retrain, allow_missing=(r"\.bridge\.", r"adaptive", r"cross_gate"))
-        say(f"retrain: weights from {args.retrain}")
+        got = _load_whole(model, args.retrain, allow_missing=(r"\.bridge\.", r"adaptive", r"cross_gate"))
+        say(f"retrain: weights from {args.retrain}"
+            + (f"; {len(got['missing'])} bridge parameters start from their initialisation (a --warmup model)"
+               if got["missing"] else ""))
     if args.hi_lora_retrain:
         _load_whole(model, args.hi_lora_retrain)
         model.set_hilora_stage(args.hi_lora_stage)
