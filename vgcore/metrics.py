@@ -33,7 +33,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from vgcore.boxes import box_iou_elementwise, generalized_box_iou_elementwise
+from . import dist as _dist
+from .boxes import box_iou_elementwise, generalized_box_iou_elementwise
 
 __all__ = [
     "iou_xyxy", "giou_xyxy", "RECAccumulator", "GRECAccumulator", "RESAccumulator", "GREC_MAIN_KEY",
@@ -51,30 +52,22 @@ GREC_MAIN_KEY = "pr@(F1=1,IoU>=0.5)"
 # ------------------------------------------------------------------------------------------------ distributed
 
 def dist_is_active() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    return _dist.is_dist()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a float64 tensor over ranks (returns a new CPU tensor); identity when not distributed."""
+    """Sum a float64 tensor over ranks (returns a new CPU tensor); identity when not distributed.
+    NCCL reduces on the current CUDA device, gloo on the CPU (`vgcore.dist.all_reduce_sum` does the collective)."""
     t = t.detach().to(torch.float64).cpu().clone()
-    if not dist_is_active() or torch.distributed.get_world_size() == 1:
+    if not _dist.is_dist() or _dist.get_world_size() == 1:
         return t
-    dist = torch.distributed
-    dev = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        dev = torch.device("cuda", torch.cuda.current_device())
-    x = t.to(dev)
-    dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x.cpu()
+    dev = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else t.device
+    return _dist.all_reduce_sum(t.to(dev)).cpu()
 
 
 def all_gather_objects(obj) -> list:
     """List of ``obj`` from every rank (rank order); ``[obj]`` when not distributed."""
-    if not dist_is_active() or torch.distributed.get_world_size() == 1:
-        return [obj]
-    out = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
+    return _dist.all_gather_object(obj)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
