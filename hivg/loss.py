@@ -24,28 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HiVGCriterion", "box_cxcywh_to_xyxy", "elementwise_giou", "sigmoid_focal_loss", "dice_loss",
-           "box_masks_from_boxes", "clip_loss"]
+from vgcore.boxes import box_cxcywh_to_xyxy, generalized_box_iou_elementwise as elementwise_giou
 
-
-def box_cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
-
-
-def elementwise_giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """GIoU of matching rows of two xyxy box sets [N,4] -> [N]."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = torch.max(a[:, :2], b[:, :2])
-    rb = torch.min(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    union = area_a + area_b - inter
-    iou = inter / union
-    lt_c = torch.min(a[:, :2], b[:, :2])
-    rb_c = torch.max(a[:, 2:], b[:, 2:])
-    area_c = (rb_c - lt_c).clamp(min=0).prod(-1)
-    return iou - (area_c - union) / area_c
+__all__ = ["HiVGCriterion", "sigmoid_focal_loss", "dice_loss", "box_masks_from_boxes", "clip_loss"]
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, num: float, alpha: float = 0.25,

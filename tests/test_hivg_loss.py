@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from hivg.loss import HiVGCriterion, box_masks_from_boxes, dice_loss, elementwise_giou, sigmoid_focal_loss
+from hivg.loss import HiVGCriterion, box_masks_from_boxes, dice_loss, sigmoid_focal_loss
+from vgcore.boxes import generalized_box_iou_elementwise as elementwise_giou
 
 
 def _outputs(pred, B, g=2, sim=0.0, seg=0.0, logits=None):
