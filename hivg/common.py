@@ -58,8 +58,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip_model", default="", help="debiased CLIP file (clip_b_ml_cascade_maskrcnn_model_224.pth); "
                    "loaded after --clip_dir, first phase only")
     g.add_argument("--train_clip", action="store_true",
-                   help="train the CLIP towers too (for from-scratch presets such as --model tiny; the official "
-                        "recipe freezes them and trains bridges + LoRA + heads)")
+                   help="train the CLIP tower weights too (for from-scratch presets such as --model tiny; the "
+                        "official recipe freezes them and trains bridges + LoRA + heads); LoRA adapters keep the "
+                        "trainable set of --hi_lora_stage")
     g.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root's layout)")
     g.add_argument("--box_int_truncate", action="store_true",
                    help="compat: truncate the stored x, y, w, h to int before xywh->xyxy, as the official loader does")
@@ -122,9 +123,10 @@ def load_pretrained(model: HiVG, args, logger=None) -> None:
         convert.load_clip_into(model, sd, reinit_ml_projection=False)
         say(f"CLIP + LoRA + bridges from {args.hi_lora_clip}")
     model.compat_batch_mixing = bool(args.bridge_batch_mixing)
-    if getattr(args, "train_clip", False):
+    if getattr(args, "train_clip", False):  # the tower weights train too; LoRA keeps its stage's rule
         for name, p in model.named_parameters():
-            p.requires_grad_(name != "logit_scale")
+            if name != "logit_scale" and ".lora_" not in name:
+                p.requires_grad_(True)
     if not (args.clip_dir or args.clip_model or args.retrain or args.hi_lora_retrain or args.model == "tiny"
             or getattr(args, "eval_model", "")):
         say("WARNING: no --clip_dir / --clip_model / --retrain given: the CLIP towers are randomly initialised")

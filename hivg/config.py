@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -113,6 +114,8 @@ BACKBONES = {
                      extract_vision_layers=[6, 12, 18, 24], bridge_layers=[4, 10, 16, 22]),
 }
 
+CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature (a from-scratch tower starts here)
+
 # Small random-init presets with the same architecture (for tests, synthetic training, smoke runs).
 PRESETS = {
     "hivg-b16": dict(backbone="ViT-B/16", **BACKBONES["ViT-B/16"]),
@@ -121,7 +124,7 @@ PRESETS = {
                       vision_heads=2, vision_mlp=512, text_width=64, text_layers=4, text_heads=2, text_mlp=256,
                       embed_dim=64, extract_vision_layers=[1, 2, 3, 4], bridge_layers=[0, 1, 2, 3],
                       fusion_layers=2, fusion_heads=4, fusion_ffn=256, token_mlp_dim=256, lora_rank=8,
-                      lora_alpha=4.0, hilora_stage_layers=[1, 2, 4]),
+                      lora_alpha=4.0, hilora_stage_layers=[1, 2, 4], logit_scale_init=CLIP_INIT_LOGIT_SCALE),
 }
 
 _OFFICIAL_ARG_MAP = {  # official argparse name -> config field

@@ -8,6 +8,10 @@ state-dict layout stays the same and a merged model still loads strictly.
 
 Parameter names: ``weight`` [out, in], ``bias`` [out], ``lora_a`` [r, in], ``lora_b`` [out, r].
 Initialisation as peft: A Kaiming-uniform (a=sqrt(5)), B zeros.
+
+Speed: a frozen adapter whose ``B`` is all zero adds exactly nothing, so its branch (two matmuls and a dropout
+mask) is skipped -- every LoRA of Hi LoRA stage 0 and the never-adapted blocks of later stages.  Zero-ness is
+cached against the tensor's version counter and storage, so a load or any in-place edit re-checks it.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class LoRALinear(nn.Linear):
         self.rank = int(rank)
         self.scale = float(alpha) / self.rank if self.rank > 0 else 0.0
         self.merged = False  # set by merge(): the adapter path is skipped (inference only)
+        self._b_checked = (None, True)  # ((version, data_ptr) of lora_b when last checked, nonzero?)
         if self.rank > 0:
             self.lora_a = nn.Parameter(torch.empty(self.rank, in_features))
             self.lora_b = nn.Parameter(torch.zeros(out_features, self.rank))
@@ -36,9 +41,21 @@ class LoRALinear(nn.Linear):
             self.register_parameter("lora_a", None)
             self.register_parameter("lora_b", None)
 
+    def adapter_active(self) -> bool:
+        """Whether the adapter branch can change the output or receive gradients."""
+        if self.rank == 0 or self.merged:
+            return False
+        b = self.lora_b
+        if b.requires_grad or self.lora_a.requires_grad:
+            return True
+        key = (b._version, b.data_ptr())
+        if self._b_checked[0] != key:
+            self._b_checked = (key, bool(b.any()))
+        return self._b_checked[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
-        if self.rank > 0 and not self.merged:
+        if self.adapter_active():
             y = y + self.scale * F.linear(F.linear(self.lora_dropout(x), self.lora_a), self.lora_b)
         return y
 
