@@ -59,6 +59,13 @@ class HiVGConfig:
     # presets start from CLIP's own initialisation, ln(1/0.07), since a scale of 100 on random features
     # collapses the contrastive term to its chance value ln(B) (measured on the synthetic data)
     logit_scale_init: float = 4.605170185988092  # ln(100)
+    # position tables at random init: "clip" = CLIP's random tables and HiVG's N(0, 1) vl_pos_embed (what every
+    # pretrained tower overwrites anyway); "sincos" = 2-D sine tables on the patch rows of both (the vision table
+    # times ``sincos_vision_scale``), for from-scratch presets: the [REG] token reads the box out of patch tokens
+    # whose only position signal comes from the vision table, and a smooth one is learned from in a few hundred
+    # steps where a random one is not (hivg/README.md, "Learning diagnosis")
+    pos_init: str = "clip"
+    sincos_vision_scale: float = 1.5
     # compat switches
     compat_batch_mixing: bool = False
 
@@ -76,6 +83,8 @@ class HiVGConfig:
         for i in self.bridge_text_layers:
             if not 0 <= i <= self.text_layers:
                 raise ValueError(f"bridge_text_layers index {i} outside 0..{self.text_layers}")
+        if self.pos_init not in ("clip", "sincos"):
+            raise ValueError(f"pos_init must be 'clip' or 'sincos', got {self.pos_init!r}")
         if not 0 <= self.hi_lora_stage <= 3:
             raise ValueError(f"hi_lora_stage must be 0..3, got {self.hi_lora_stage}")
 
@@ -124,7 +133,8 @@ PRESETS = {
                       vision_heads=2, vision_mlp=512, text_width=64, text_layers=4, text_heads=2, text_mlp=256,
                       embed_dim=64, extract_vision_layers=[1, 2, 3, 4], bridge_layers=[0, 1, 2, 3],
                       fusion_layers=2, fusion_heads=4, fusion_ffn=256, token_mlp_dim=256, lora_rank=8,
-                      lora_alpha=4.0, hilora_stage_layers=[1, 2, 4], logit_scale_init=CLIP_INIT_LOGIT_SCALE),
+                      lora_alpha=4.0, hilora_stage_layers=[1, 2, 4], logit_scale_init=CLIP_INIT_LOGIT_SCALE,
+                      pos_init="sincos"),
 }
 
 _OFFICIAL_ARG_MAP = {  # official argparse name -> config field

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vgcore.models.position import sine_position_2d
+
 from .clip_tower import MLP2, TextTower, VisionTower
 from .config import HiVGConfig, PRESETS, config_from_any
 from .lora import merge_lora
@@ -139,6 +141,8 @@ class HiVG(nn.Module):
         self.visu_token_mlp = MLP2(H, cfg.token_mlp_dim)
         self.seg_upsample = nn.Sequential(*[nn.ConvTranspose2d(H, H, 2, 2, bias=False) for _ in range(3)])
         self.init_ml_visual_projection()
+        if cfg.pos_init == "sincos":
+            self.init_sincos_positions()
         self.set_hilora_stage(cfg.hi_lora_stage)
 
     # ------------------------------------------------------------------ set-up helpers
@@ -156,6 +160,17 @@ class HiVG(nn.Module):
         (call again after loading pretrained CLIP weights; the bias keeps its default init)."""
         k = len(self.cfg.extract_vision_layers)
         self.ml_visual_projection.weight.copy_(torch.cat([self.visual_projection.weight] * k, dim=1))
+
+    @torch.no_grad()
+    def init_sincos_positions(self) -> None:
+        """2-D sine tables (DETR normalisation) on the patch rows of the vision and the fusion position tables
+        (``pos_init="sincos"``); the CLS / [REG] / text rows keep their random init."""
+        g, N = self.cfg.grid, self.cfg.num_visu_tokens
+        grid_mask = torch.zeros(1, g, g, dtype=torch.bool)
+        for table, scale in ((self.vision.pos_embed, self.cfg.sincos_vision_scale), (self.vl_pos_embed, 1.0)):
+            sincos = sine_position_2d(grid_mask, table.shape[1] // 2)[0].flatten(1).t()  # [g*g, D]
+            first = 1 if table is self.vision.pos_embed else 2  # vision: after CLS; fusion: after REG, CLS
+            table[first:first + N].copy_(scale * sincos)
 
     def clip_parameter_names(self) -> list:
         """Names of the CLIP parameters (towers, projections, logit scale) excluding bridges and LoRA."""

@@ -2,7 +2,8 @@
 (scripts/quickstart.sh, under 10 minutes) beats the best trivial baseline by 25 points Acc@0.5 on val and beats
 the noun-only baseline.  Run with ``python -m pytest -q -m slow tests/test_hivg_learning.py``.
 
-Status: FAILS at the time of writing (best measured: 1.4% Acc@0.5 after ~10 minutes; see hivg/README.md)."""
+Status: FAILS at the time of writing (best measured: 1.4% Acc@0.5, with session 1's recipe and with the current one
+run for 6 epochs / 12.9 min; see hivg/README.md, "Learning diagnosis")."""
 import json
 import os
 import subprocess

@@ -52,12 +52,3 @@ def test_frozen_adapter_reactivates_after_in_place_edit_and_load():
     lin2.merge()
     assert not lin2.adapter_active()
     torch.testing.assert_close(lin2(x), ref2, rtol=1e-5, atol=1e-5)
-
-
-def test_tiny_preset_starts_from_clip_initial_temperature():
-    from hivg.model import build_model
-    m = build_model("hivg-tiny")
-    torch.testing.assert_close(m.logit_scale.exp(), torch.tensor(1 / 0.07))
-    assert not m.logit_scale.requires_grad
-    from hivg.config import HiVGConfig
-    assert abs(HiVGConfig().logit_scale_init - torch.log(torch.tensor(100.0)).item()) < 1e-6  # pretrained CLIP's
