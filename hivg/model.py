@@ -167,9 +167,10 @@ class HiVG(nn.Module):
         (``pos_init="sincos"``); the CLS / [REG] / text rows keep their random init."""
         g, N = self.cfg.grid, self.cfg.num_visu_tokens
         grid_mask = torch.zeros(1, g, g, dtype=torch.bool)
-        for table, scale in ((self.vision.pos_embed, self.cfg.sincos_vision_scale), (self.vl_pos_embed, 1.0)):
+        # (table, first patch row, scale): vision rows follow CLS; fusion rows follow [REG] and CLS
+        for table, first, scale in ((self.vision.pos_embed, 1, self.cfg.sincos_vision_scale),
+                                    (self.vl_pos_embed, 2, 1.0)):
             sincos = sine_position_2d(grid_mask, table.shape[1] // 2)[0].flatten(1).t()  # [g*g, D]
-            first = 1 if table is self.vision.pos_embed else 2  # vision: after CLS; fusion: after REG, CLS
             table[first:first + N].copy_(scale * sincos)
 
     def clip_parameter_names(self) -> list:

@@ -47,12 +47,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--use_contrastive_loss", action="store_true", help="CLIP contrastive term (weight 1)")
     g.add_argument("--use_rtcc_constrain_loss", action="store_true", help="alignment focal x20 + dice x2")
     g.add_argument("--use_mask_loss", action="store_true", help="segmentation focal x20 + dice x2")
-    g = p.add_argument_group("HiVG loss weights (official hard-coded constants; change them only for from-scratch "
-                             "recipes such as the tiny quickstart)")
-    for name, value in HiVGCriterion.DEFAULTS.items():
-        if name.endswith("_coef"):
-            g.add_argument(f"--{name}", type=float, default=value, help="weight of the term")
-    g = p.add_argument_group("HiVG augmentation and data")
     g.add_argument("--aug_crop", action="store_true")
     g.add_argument("--aug_scale", action="store_true")
     g.add_argument("--aug_translate", action="store_true")
@@ -61,6 +55,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--lr_exponential", type=float, default=0.9, help="accepted for compatibility (unused)")
     g.add_argument("--stop_after_steps", type=int, default=None,
                    help="stop the run after this many batches in total (checkpointed; resume with --resume)")
+    g = p.add_argument_group("HiVG loss weights (official hard-coded constants; change them only for from-scratch "
+                             "recipes such as the tiny quickstart)")
+    for name, value in HiVGCriterion.DEFAULTS.items():
+        if name.endswith("_coef"):
+            g.add_argument(f"--{name}", type=float, default=value, help="weight of the term")
     cli.add_optim_args(p, lr=1e-4, weight_decay=1e-4, epochs=90, lr_scheduler="step", lr_drop=60)
     cli.add_dist_args(p)
     cli.add_logging_args(p, output_dir="./outputs", seed=13)

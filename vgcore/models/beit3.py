@@ -55,10 +55,6 @@ class BEiT3Config:
     max_text_positions: int = 1024
     drop_path_rate: float = 0.0
     layernorm_eps: float = 1e-5
-    # std of the position tables at random init: None = the official N(0, 1), which at D = 128 is ~11x the
-    # N(0, D^-0.5) token embeddings.  An option for from-scratch runs; no preset sets it (0.02 on the SimVG tiny
-    # preset made no measurable difference, simvg/README.md).
-    pos_init_std: Optional[float] = None
 
     @property
     def img_hw(self) -> Tuple[int, int]:
@@ -245,7 +241,7 @@ class BEiT3(nn.Module):
 
     def reset_parameters(self):
         """Official init: trunc_normal(std 0.02, cut at +-0.02) Linear weights, zero biases, unit LayerNorms;
-        text embedding N(0, D^-0.5); position tables N(0, 1) (``pos_init_std``); CLS / mask tokens zero; Conv2d PyTorch default."""
+        text embedding N(0, D^-0.5); position tables N(0, 1); CLS / mask tokens zero; Conv2d PyTorch default."""
         if self.text_embed.weight.is_meta:
             return
         for m in self.modules():
@@ -257,9 +253,8 @@ class BEiT3(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.text_embed.weight, std=self.cfg.embed_dim ** -0.5)
-        pos_std = 1.0 if self.cfg.pos_init_std is None else float(self.cfg.pos_init_std)
-        nn.init.normal_(self.encoder.embed_positions.A.weight, std=pos_std)
-        nn.init.normal_(self.encoder.embed_positions.B.weight, std=pos_std)
+        nn.init.normal_(self.encoder.embed_positions.A.weight)
+        nn.init.normal_(self.encoder.embed_positions.B.weight)
 
     def forward(self, image: Optional[torch.Tensor] = None, text_ids: Optional[torch.Tensor] = None,
                 text_padding_mask: Optional[torch.Tensor] = None, return_hidden: bool = False) -> Dict:
