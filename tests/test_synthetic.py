@@ -238,3 +238,32 @@ def test_cli(tmp_path):
                   "--formats", "transvg", "--no-tokenizers", "--image-format", "jpg"])
     assert list(s["formats"]) == ["transvg"] and not (tmp_path / "c" / "tokenizers").exists()
     assert len(list((tmp_path / "c" / "images").glob("COCO_train2014_*.jpg"))) > 0
+
+
+def test_scene_options_single_object_and_scale(val_records):
+    """min/max_objects and object_scale: single-object scenes (every expression names the only shape), larger
+    shapes by the given factor; the default options reproduce the default dataset exactly."""
+    one, images = syn.make_records(40, seed=0, split="val", min_objects=1, max_objects=1)
+    assert len(one) == 40 and all(len(r.extra["objects"]) == 1 for r in one)
+    assert all(syn.evaluate(syn.parse_expression(r.expression), r.extra["objects"], r.width, r.height) == (0,)
+               for r in one)
+    assert all(np.array_equal(r.boxes[0], r.extra["objects"][0]["box"]) for r in one)
+
+    def rel_size(recs):
+        return np.mean([max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) / min(r.width, r.height)
+                        for r in recs for o in r.extra["objects"]])
+    big, _ = syn.make_records(40, seed=0, split="val", min_objects=2, max_objects=3, object_scale=1.5)
+    assert all(2 <= len(r.extra["objects"]) <= 3 for r in big)
+    assert rel_size(big) > 1.25 * rel_size(val_records[0])  # 1.34: big shapes that find no spot are dropped
+    default, _ = syn.make_records(25, seed=0, split="val", min_objects=3, max_objects=8, object_scale=1.0)
+    assert [r.expression for r in default] == [r.expression for r in val_records[0][:25]]
+    with pytest.raises(ValueError, match="min_objects"):
+        syn.make_records(2, min_objects=0)
+
+
+def test_cli_scene_options(tmp_path):
+    syn.main(["--out", str(tmp_path / "d"), "--num-train", "6", "--num-val", "4", "--num-test", "2", "--formats",
+              "transvg", "--no-tokenizers", "--min-objects", "1", "--max-objects", "1", "--object-scale", "1.2"])
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    assert meta["scene_options"] == {"min_objects": 1, "max_objects": 1, "object_scale": 1.2}
+    assert all(len(o["objects"]) == 1 for o in json.loads((tmp_path / "d" / "scenes.json").read_text()).values())

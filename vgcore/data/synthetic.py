@@ -1,7 +1,8 @@
 """Procedural referring-expression dataset ("synthetic shapes") for learning tests and quickstarts.
 
 A scene is a small image (112-192 px sides, 11 sizes / 5 aspect ratios) on a cheap textured background
-(gradient / blotchy noise / stripes / checker) holding 2-8 non-overlapping filled shapes.  Every shape is
+(gradient / blotchy noise / stripes / checker) holding 2-8 non-overlapping filled shapes (scene options: fewer
+or larger shapes, e.g. single-object scenes for a curriculum's warm-up set).  Every shape is
 a polygon rasterised **with pycocotools** (the same rasteriser every reader uses), so the stored polygons
 reproduce the drawn pixels exactly and the box is tight around them (xyxy, pixel-edge coordinates:
 x2 = last column + 1).
@@ -35,7 +36,8 @@ same seed gives identical records and identical PNG bytes.
 Command line::
 
     python -m vgcore.data.synthetic --out DIR [--num-train N --num-val N --num-test N --seed S
-                                      --formats transvg,refer,seqtr --grec]
+                                      --formats transvg,refer,seqtr --grec
+                                      --min-objects 3 --max-objects 8 --object-scale 1]
 
 Layout written under DIR (see ``generate``)::
 
@@ -187,11 +189,14 @@ def make_background(rng, h: int, w: int) -> np.ndarray:
     return img
 
 
-def make_scene(rng, n_min: int = 3, n_max: int = 8):
+def make_scene(rng, n_min: int = 3, n_max: int = 8, object_scale: float = 1.0):
     """Sample one scene: returns (image uint8 [H, W, 3], objects).
 
     objects: list of dicts {kind, color, size, polygons, box (xyxy, tight), area (pixels), cx, cy}; shapes
     never overlap (boxes keep >= 3 px apart), so each mask is exactly the drawn pixels of its colour.
+    ``n_min``..``n_max`` bounds the number of shapes tried (a shape that finds no free spot is dropped);
+    ``object_scale`` multiplies every circumradius (curricula and diagnostics; 1 = the default dataset).  With
+    the defaults the random stream, hence every scene, is the one of the default dataset.
     """
     w, h = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
     smin = min(w, h)
@@ -207,7 +212,7 @@ def make_scene(rng, n_min: int = 3, n_max: int = 8):
         color = str(rng.choice(colors)) if rng.random() < 0.85 else str(rng.choice(list(COLORS)))
         size = SIZES[int(rng.random() < 0.45)]
         lo, hi = LARGE_R if size == "large" else SMALL_R
-        r = rng.uniform(lo, hi) * smin
+        r = rng.uniform(lo, hi) * smin * object_scale
         for _try in range(40):
             cx, cy = rng.uniform(r + 1, w - r - 1), rng.uniform(r + 1, h - r - 1)
             b = (cx - r - 3, cy - r - 3, cx + r + 3, cy + r + 3)
@@ -610,13 +615,23 @@ def _records_for_image(rng, objs, image_id, split, w, h, grec, file_name):
 
 
 def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = False,
-                 image_dir: Optional[str] = None, image_format: str = "png"):
+                 image_dir: Optional[str] = None, image_format: str = "png", min_objects: int = 3,
+                 max_objects: int = 8, object_scale: float = 1.0):
     """Generate `num` records of one split in memory.
+
+    ``min_objects`` / ``max_objects`` / ``object_scale``: scene options of `make_scene` (defaults = the default
+    dataset).  A scene is kept when at least ``min(min_objects, 2)`` shapes fit, so ``min_objects=1,
+    max_objects=1`` gives single-object scenes (every expression then refers to the only shape).
 
     Returns (records, images) with images = {file_name: uint8 array [H, W, 3]}.  Record.image_path is the
     bare file name, or ``image_dir/file_name`` when image_dir is given.  Records of one image are
     consecutive; the last image may contribute fewer of its refs so the count is exactly `num`.
     """
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"make_records: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    if not object_scale > 0:
+        raise ValueError(f"make_records: object_scale must be > 0, got {object_scale}")
+    keep_at_least = min(min_objects, 2)
     code = _split_code(split, grec)
     records, images = [], {}
     idx = 0
@@ -626,8 +641,8 @@ def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = Fal
         rng = np.random.default_rng([int(seed), code, idx])
         image_id = code * 1_000_000 + idx  # all ids (image, ann, ref, sent) stay < 2**31
         idx += 1
-        img, objs = make_scene(rng)
-        if len(objs) < 2:
+        img, objs = make_scene(rng, min_objects, max_objects, object_scale)
+        if len(objs) < keep_at_least:
             continue
         h, w = img.shape[:2]
         fname = image_file_name(image_id, image_format)
@@ -767,7 +782,8 @@ def _write_tokenizers(out: Path, sentences: list, log) -> dict:
 
 def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int = 500, seed: int = 0,
              formats: Sequence[str] = ("transvg", "refer", "seqtr"), grec: bool = False,
-             tokenizers: bool = True, image_format: str = "png", verbose: bool = True) -> dict:
+             tokenizers: bool = True, image_format: str = "png", verbose: bool = True, min_objects: int = 3,
+             max_objects: int = 8, object_scale: float = 1.0) -> dict:
     """Generate the dataset on disk (layout in the module docstring) and return a summary dict.
 
     num_test is the size of each of testA and testB.  With grec=True a second, gRefCOCO-style dataset
@@ -775,6 +791,9 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
     in the seqtr (``grefs``) and refer (``grefcoco/grefs(unc).json``) layouts.
     image_format "png" (default, lossless: pixels are exactly the drawn shapes) or "jpg" (quality 95, no chroma
     subsampling; smaller files and the .jpg names SimVG/SeqTR derive from image ids).
+    min_objects / max_objects / object_scale: scene options (see `make_records`), recorded in meta.json
+    ("scene_options"); the defaults give the default dataset, e.g. ``min_objects=max_objects=1`` a
+    single-object warm-up set for a curriculum.
     """
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
@@ -788,11 +807,13 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; expected transvg, refer, seqtr")
     sizes = {"train": num_train, "val": num_val, "testA": num_test, "testB": num_test}
+    scene_options = dict(min_objects=int(min_objects), max_objects=int(max_objects), object_scale=float(object_scale))
     by_split, grec_by_split, scenes = {}, {}, {}
     pending = []
     for g in ([False, True] if grec else [False]):
         for split, n in sizes.items():
-            recs, imgs = make_records(n, seed, split, grec=g, image_dir=str(img_dir), image_format=image_format)
+            recs, imgs = make_records(n, seed, split, grec=g, image_dir=str(img_dir), image_format=image_format,
+                                      **scene_options)
             (grec_by_split if g else by_split)[split] = recs
             for r in recs:
                 scenes.setdefault(str(r.image_id), {"file_name": os.path.basename(r.image_path), "height": r.height,
@@ -835,7 +856,7 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
         "image_format": image_format, "image_name": "COCO_train2014_%012d." + image_format,
         "datasets": {"transvg": ["unc", "gref_umd"], "refer": "refcoco/refs(unc).p",
                      "seqtr": "refcoco-unc", "seqtr_grec": "grefs"},
-        "num_test_is_per_split": True,
+        "num_test_is_per_split": True, "scene_options": scene_options,
     }
     with open(out / "meta.json", "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
@@ -914,6 +935,10 @@ def get_args_parser():
     p.add_argument("--grec", action="store_true", help="also write a gRefCOCO-style multi/no-target dataset")
     p.add_argument("--no-tokenizers", action="store_true", help="skip tokenizers/vocab.txt and spm.model")
     p.add_argument("--image-format", default="png", choices=("png", "jpg"))
+    p.add_argument("--min-objects", type=int, default=3, help="fewest shapes tried per scene (1 with "
+                   "--max-objects 1: single-object scenes, e.g. a curriculum's warm-up set)")
+    p.add_argument("--max-objects", type=int, default=8, help="most shapes tried per scene")
+    p.add_argument("--object-scale", type=float, default=1.0, help="multiplies every shape's size")
     return p
 
 
@@ -921,7 +946,8 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     s = generate(args.out, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
                  seed=args.seed, formats=args.formats.split(","), grec=args.grec,
-                 tokenizers=not args.no_tokenizers, image_format=args.image_format)
+                 tokenizers=not args.no_tokenizers, image_format=args.image_format, min_objects=args.min_objects,
+                 max_objects=args.max_objects, object_scale=args.object_scale)
     val = s["splits"].get("val", {})
     if "baselines" in val:
         print("[synthetic] val baselines (Acc@0.5): " + ", ".join(f"{k}={v:.3f}" for k, v in val["baselines"].items())
