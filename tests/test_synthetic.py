@@ -243,7 +243,7 @@ def test_cli(tmp_path):
 def test_scene_options_single_object_and_scale(val_records):
     """min/max_objects and object_scale: single-object scenes (every expression names the only shape), larger
     shapes by the given factor; the default options reproduce the default dataset exactly."""
-    one, images = syn.make_records(40, seed=0, split="val", min_objects=1, max_objects=1)
+    one, _ = syn.make_records(40, seed=0, split="val", min_objects=1, max_objects=1)
     assert len(one) == 40 and all(len(r.extra["objects"]) == 1 for r in one)
     assert all(syn.evaluate(syn.parse_expression(r.expression), r.extra["objects"], r.width, r.height) == (0,)
                for r in one)
