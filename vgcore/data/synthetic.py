@@ -614,6 +614,13 @@ def _records_for_image(rng, objs, image_id, split, w, h, grec, file_name):
     return recs
 
 
+def _check_scene_options(min_objects: int, max_objects: int, object_scale: float) -> None:
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"scene options: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    if not object_scale > 0:
+        raise ValueError(f"scene options: object_scale must be > 0, got {object_scale}")
+
+
 def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = False,
                  image_dir: Optional[str] = None, image_format: str = "png", min_objects: int = 3,
                  max_objects: int = 8, object_scale: float = 1.0):
@@ -627,10 +634,7 @@ def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = Fal
     bare file name, or ``image_dir/file_name`` when image_dir is given.  Records of one image are
     consecutive; the last image may contribute fewer of its refs so the count is exactly `num`.
     """
-    if not 1 <= min_objects <= max_objects:
-        raise ValueError(f"make_records: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
-    if not object_scale > 0:
-        raise ValueError(f"make_records: object_scale must be > 0, got {object_scale}")
+    _check_scene_options(min_objects, max_objects, object_scale)
     keep_at_least = min(min_objects, 2)
     code = _split_code(split, grec)
     records, images = [], {}
@@ -797,6 +801,7 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
     """
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    _check_scene_options(min_objects, max_objects, object_scale)  # before anything is written
     t0 = time.time()
     log = print if verbose else (lambda *a, **k: None)
     out = Path(out_dir)
