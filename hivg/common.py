@@ -6,7 +6,8 @@ canvas is mapped back to original-image pixels through the recorded transform an
 annotation box; a hit is IoU >= 0.5; counts are summed over ranks, every sample exactly once (the official
 DistributedSampler pads the split with duplicates).  IoU is invariant to the letterbox map, so this equals the
 official canvas IoU except that we clamp to the image instead of to the canvas.  Accuracy by expression length
-uses the paper's buckets (Fig. 4c): 1-5, 6-7, 8-10, 11+ words.
+uses the paper's buckets (Fig. 4c): 1-5, 6-7, 8-10, 11+ words.  A diagnostic rides along: ``align_pointing``,
+how often the alignment map's best patch overlaps the target box (`make_accumulators`).
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ import torch
 from hivg import convert
 from hivg.model import HiVG, build_model
 from vgcore import cli
+from vgcore.boxes import box_cxcywh_to_xyxy
 from vgcore.checkpoint import load_state_dict_strict
 from vgcore.data.build import default_workers, load_split
 from vgcore.data.dataset import Collate, GroundingDataset
 from vgcore.data.transforms import build_transforms
 from vgcore.dist import build_loader
-from vgcore.metrics import RECAccumulator
+from vgcore.metrics import PointingAccumulator, RECAccumulator, argmax_cell_in_box
 from vgcore.text import build_tokenizer
 from vgcore.trainer import load_model_file
 
@@ -160,8 +162,12 @@ def length_bucket(text: str) -> str:
     return "len0"
 
 
-def make_accumulators() -> RECAccumulator:
-    return RECAccumulator(thresholds=(0.5,))
+def make_accumulators() -> dict:
+    """REC metrics (Acc@0.5, mIoU, by length) and ``align_pointing``: the share of samples whose alignment map
+    (``visu_token_similarity``, letterbox patches excluded) peaks on a patch overlapping the target box.  The
+    second is a diagnostic, not a paper metric: it tells a map that finds the target from a box that does not
+    follow it (hivg/README.md, "Learning diagnosis")."""
+    return {"rec": RECAccumulator(thresholds=(0.5,)), "map": PointingAccumulator("align_pointing")}
 
 
 def gt_boxes_original(batch) -> torch.Tensor:
@@ -172,7 +178,10 @@ def gt_boxes_original(batch) -> torch.Tensor:
 def make_postprocess():
     def postprocess(outputs: dict, batch) -> dict:
         pred = batch.boxes_to_original(outputs["pred_boxes"])
-        return {"pred_xyxy": pred, "gt_xyxy": gt_boxes_original(batch),
-                "group": [length_bucket(r.expression) for r in batch.records]}
+        rec = {"pred_xyxy": pred, "gt_xyxy": gt_boxes_original(batch),
+               "group": [length_bucket(r.expression) for r in batch.records]}
+        hit = argmax_cell_in_box(outputs["visu_token_similarity"], box_cxcywh_to_xyxy(batch.boxes.float()),
+                                 ignore=outputs.get("visu_mask"))
+        return {"rec": rec, "map": {"hit": hit}}
     return postprocess
 

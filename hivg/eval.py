@@ -89,7 +89,8 @@ def main(args: argparse.Namespace) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"eval_{args.dataset}_{args.eval_set}.json").write_text(json.dumps(metrics, indent=2))
         print(f"{args.dataset} {args.eval_set}: Acc@0.5 {100 * metrics['acc@0.5']:.2f} "
-              f"(n={int(metrics['n'])}, mIoU {metrics['miou']:.4f})")
+              f"(n={int(metrics['n'])}, mIoU {metrics['miou']:.4f}; alignment map on target "
+              f"{100 * metrics['align_pointing']:.1f}%)")
         for k in sorted(metrics):
             if k.startswith("acc@0.5/"):
                 print(f"  {k[8:]:>8}: {100 * metrics[k]:.2f} (n={int(metrics['n/' + k[8:]])})")

@@ -98,7 +98,7 @@ def test_distributed_launch_matches_single_process(syn, tmp_path):
           "--dataset", "unc", *_data(syn), "--device", "cpu", "--num_workers", "0", "--output_dir", str(out)])
     single = json.loads((out / "eval_unc_val.json").read_text())
     assert single["n"] == 13
-    for k in ("acc@0.5", "miou"):
+    for k in ("acc@0.5", "miou", "align_pointing"):
         assert single[k] == pytest.approx(ddp_metrics[k], abs=1e-6), k
 
 

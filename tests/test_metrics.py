@@ -4,7 +4,8 @@ import socket
 import pytest
 import torch
 
-from vgcore.metrics import GREC_MAIN_KEY, GRECAccumulator, RECAccumulator, RESAccumulator, iou_xyxy
+from vgcore.metrics import (GREC_MAIN_KEY, GRECAccumulator, PointingAccumulator, RECAccumulator, RESAccumulator,
+                            argmax_cell_in_box, iou_xyxy)
 
 K = GREC_MAIN_KEY
 
@@ -207,6 +208,33 @@ def _worker(rank, world, port, q):
 
 @pytest.mark.slow  # ~15 s on 2 busy cores: two spawned interpreters each import torch
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+# ------------------------------------------------------------------------------------------------ pointing
+def test_argmax_cell_in_box_hand_cases():
+    s = torch.zeros(4, 4, 4)
+    s[0, 1, 2] = 5  # cell x [.5, .75], y [.25, .5]; a small box strictly inside it
+    s[1, 3, 3] = 5  # bottom-right cell, box in the top-left quarter
+    s[2, 0, 0], s[2, 2, 1] = 9, 5  # the best cell is ignored (padding): the runner-up touches the box
+    s[3, 0, 1] = 5  # cell x [.25, .5]: a box starting exactly at its right edge shares no area
+    boxes = t([[0.55, 0.30, 0.60, 0.35], [0.0, 0.0, 0.5, 0.5], [0.25, 0.5, 0.5, 0.75], [0.5, 0.0, 0.9, 0.2]])
+    ignore = torch.zeros(4, 16, dtype=torch.bool)
+    ignore[2, 0] = True
+    assert argmax_cell_in_box(s, boxes, ignore=ignore).tolist() == [True, False, True, False]
+    assert argmax_cell_in_box(s.flatten(1), boxes, ignore=ignore).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="square"):
+        argmax_cell_in_box(torch.zeros(1, 12), boxes[:1])
+
+
+def test_pointing_accumulator_counts_valid_and_merge():
+    a = PointingAccumulator("align_pointing")
+    a.update(torch.tensor([True, False, True]), valid=torch.tensor([True, True, False]))
+    a.update(torch.tensor([True]))
+    assert a.compute() == {"align_pointing": pytest.approx(2 / 3)}
+    b = PointingAccumulator("align_pointing").update(torch.tensor([False, False]))
+    assert a.merge(b).compute()["align_pointing"] == pytest.approx(2 / 5)
+    with pytest.raises(ValueError):
+        a.merge(PointingAccumulator("other"))
+
+
 def test_all_reduce_two_gloo_ranks():
     import torch.multiprocessing as mp
 

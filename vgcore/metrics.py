@@ -37,8 +37,8 @@ from . import dist as _dist
 from .boxes import box_iou_elementwise, generalized_box_iou_elementwise
 
 __all__ = [
-    "iou_xyxy", "giou_xyxy", "RECAccumulator", "GRECAccumulator", "RESAccumulator", "GREC_MAIN_KEY",
-    "dist_is_active", "all_reduce_sum", "all_gather_objects",
+    "iou_xyxy", "giou_xyxy", "RECAccumulator", "GRECAccumulator", "RESAccumulator", "PointingAccumulator",
+    "argmax_cell_in_box", "GREC_MAIN_KEY", "dist_is_active", "all_reduce_sum", "all_gather_objects",
 ]
 
 iou_xyxy = box_iou_elementwise
@@ -264,6 +264,66 @@ class RECAccumulator(_Base):
         for k, v in sd.get("groups", {}).items():
             self._groups[k] = self._groups.get(k, self._zero()) + v.to(torch.float64)
         return self
+
+
+# ------------------------------------------------------------------------------------------------ pointing
+
+
+def argmax_cell_in_box(scores: torch.Tensor, boxes_xyxy: torch.Tensor,
+                       ignore: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pointing-game hits of a patch score map: does the best-scoring cell overlap the box?
+
+    scores [B, h, w] (or [B, h*w] for a square grid); boxes_xyxy [B, 4] in the map's frame, normalised to
+    [0, 1] (x over the width, y over the height); ignore [B, h*w] or [B, h, w] bool, True = never the
+    argmax (e.g. letterbox padding).  A hit is a cell whose area shares a positive-area part with the box,
+    so a small box that falls between cell centres still counts.  Returns [B] bool."""
+    if scores.dim() == 2:
+        g = int(round(scores.shape[1] ** 0.5))
+        if g * g != scores.shape[1]:
+            raise ValueError(f"argmax_cell_in_box: {scores.shape[1]} scores is not a square grid; pass [B, h, w]")
+        scores = scores.reshape(-1, g, g)
+    if scores.dim() != 3:
+        raise ValueError(f"argmax_cell_in_box: scores must be [B, h, w] or [B, h*w], got {tuple(scores.shape)}")
+    B, h, w = scores.shape
+    flat = scores.detach().float().reshape(B, h * w)
+    if ignore is not None:
+        flat = flat.masked_fill(ignore.reshape(B, h * w).to(flat.device).bool(), float("-inf"))
+    idx = flat.argmax(1)
+    row, col = (idx // w).to(torch.float64), (idx % w).to(torch.float64)
+    b = _as_tensor(boxes_xyxy, torch.float64).to(idx.device).reshape(B, 4)
+    inter_x = torch.minimum((col + 1) / w, b[:, 2]) - torch.maximum(col / w, b[:, 0])
+    inter_y = torch.minimum((row + 1) / h, b[:, 3]) - torch.maximum(row / h, b[:, 1])
+    return (inter_x > 0) & (inter_y > 0)
+
+
+class PointingAccumulator(_Base):
+    """Share of samples whose score map points at the target (a diagnostic, e.g. HiVG's alignment map).
+
+    ``update(hit, valid=None)`` with hit [B] bool (see `argmax_cell_in_box`); compute() -> {name: hits / n}.
+    Counts layout (float64): [n, hits]."""
+
+    kind = "pointing"
+
+    def __init__(self, name: str = "pointing"):
+        self.name = str(name)
+        self.reset()
+
+    def _cfg(self):
+        return {"name": self.name}
+
+    def _zero(self):
+        return torch.zeros(2, dtype=torch.float64)
+
+    def update(self, hit, valid=None):
+        hit = _as_tensor(hit).reshape(-1).to(torch.float64).cpu()
+        keep = _valid_mask(valid, hit.numel(), hit.device).cpu()
+        self._local += torch.stack([keep.sum().to(torch.float64), hit[keep].sum()])
+        self._dirty()
+        return self
+
+    def compute(self) -> dict:
+        c = self.counts
+        return {self.name: _ratio(c[1], float(c[0]))}
 
 
 # ------------------------------------------------------------------------------------------------ GREC
