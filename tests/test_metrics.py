@@ -188,27 +188,8 @@ def test_res_miou_vs_oiou():
     assert m.compute() == pytest.approx(r)
 
 
-# ------------------------------------------------------------------------------------------------ 2 ranks
-
-def _worker(rank, world, port, q):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        rec = RECAccumulator()
-        idx = [0, 2] if rank == 0 else [1, 3]
-        rec.update(REC_PRED[idx], REC_GT[idx], group=[f"g{rank}", "both"])
-        res = RESAccumulator().update_counts(torch.tensor([2.0 + rank]), torch.tensor([4.0]))
-        gr = GRECAccumulator(batch_averaged=True)
-        gr.update([t([[0, 0, 1, 1]])], [t([0.9 if rank else 0.1])], [E()])
-        q.put((rank, rec.all_reduce().compute(), res.all_reduce().compute(), gr.all_reduce().compute()))
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow  # ~15 s on 2 busy cores: two spawned interpreters each import torch
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 # ------------------------------------------------------------------------------------------------ pointing
+
 def test_argmax_cell_in_box_hand_cases():
     s = torch.zeros(4, 4, 4)
     s[0, 1, 2] = 5  # cell x [.5, .75], y [.25, .5]; a small box strictly inside it
@@ -235,6 +216,26 @@ def test_pointing_accumulator_counts_valid_and_merge():
         a.merge(PointingAccumulator("other"))
 
 
+# ------------------------------------------------------------------------------------------------ 2 ranks
+
+def _worker(rank, world, port, q):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        rec = RECAccumulator()
+        idx = [0, 2] if rank == 0 else [1, 3]
+        rec.update(REC_PRED[idx], REC_GT[idx], group=[f"g{rank}", "both"])
+        res = RESAccumulator().update_counts(torch.tensor([2.0 + rank]), torch.tensor([4.0]))
+        gr = GRECAccumulator(batch_averaged=True)
+        gr.update([t([[0, 0, 1, 1]])], [t([0.9 if rank else 0.1])], [E()])
+        q.put((rank, rec.all_reduce().compute(), res.all_reduce().compute(), gr.all_reduce().compute()))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~15 s on 2 busy cores: two spawned interpreters each import torch
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_all_reduce_two_gloo_ranks():
     import torch.multiprocessing as mp
 
