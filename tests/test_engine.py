@@ -250,6 +250,27 @@ def test_param_groups_rules_and_freeze():
         optim.build_param_groups(m, 1e-3, 0.0, rules=[("x", {"lr_mul": 2})])
 
 
+
+@pytest.mark.parametrize("name,kw", [("adamw", {}), ("adam", {"amsgrad": True, "weight_decay": 1e-2})])
+def test_fused_adam_matches_the_per_tensor_loop(name, kw):
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    fus = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    fus.load_state_dict(ref.state_dict())
+    o_ref = optim.build_optimizer(name, ref.parameters(), 1e-2, fused=False, **kw)
+    o_fus = optim.build_optimizer(name, fus.parameters(), 1e-2, **kw)  # auto: fused on CPU tensors
+    assert o_fus.defaults.get("fused") and not o_ref.defaults.get("fused")
+    x, y = torch.randn(16, 5), torch.randn(16, 3)
+    for _ in range(20):
+        for m, o in ((ref, o_ref), (fus, o_fus)):
+            o.zero_grad()
+            F_loss = ((m(x) - y) ** 2).mean()
+            F_loss.backward()
+            o.step()
+    for a, b in zip(ref.parameters(), fus.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------- cli / viz
 def test_cli_groups_defaults_and_legacy_local_rank():
     p = argparse.ArgumentParser()

@@ -97,17 +97,36 @@ def describe_param_groups(groups: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _all_params(params) -> list:
+    out = []
+    for item in params:
+        out.extend(item["params"] if isinstance(item, dict) else [item])
+    return out
+
+
+def _can_fuse(params) -> bool:
+    """The fused Adam/AdamW kernels take floating-point tensors on one CPU or CUDA device."""
+    ps = _all_params(params)
+    return bool(ps) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in ps) \
+        and len({p.device for p in ps}) == 1
+
+
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                     eps: float = 1e-8, momentum: float = 0.9, amsgrad: bool = False,
-                    nesterov: bool = False) -> torch.optim.Optimizer:
-    """adamw | adam | sgd over ``params`` (a list of param groups from `build_param_groups` or tensors)."""
+                    nesterov: bool = False, fused: Optional[bool] = None) -> torch.optim.Optimizer:
+    """adamw | adam | sgd over ``params`` (a list of param groups from `build_param_groups` or tensors).
+
+    ``fused`` (Adam/AdamW): None = use torch's fused kernel whenever the parameters allow it.  It is the same
+    update rule in one pass over all tensors; on the CPU the default per-tensor loop was ~10x slower and took
+    ~10% of a tiny preset's training step.
+    """
     name = name.lower()
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
-                                 amsgrad=amsgrad)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
-                                amsgrad=amsgrad)
+    params = list(params)
+    if name in ("adamw", "adam"):
+        use_fused = _can_fuse(params) if fused is None else bool(fused)
+        cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, amsgrad=amsgrad,
+                   **({"fused": True} if use_fused else {}))
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
     raise ValueError(f"build_optimizer: unknown optimizer {name!r}; choose from {OPTIMIZERS}")
