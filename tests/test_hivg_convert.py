@@ -10,6 +10,7 @@ import torch
 
 from hivg.convert import ConversionError, convert_clip, convert_official, load_clip_into
 from hivg.model import build_model
+from hivg.config import PRESETS
 
 
 def _official_args(flags: str) -> dict:
@@ -155,6 +156,19 @@ def _tiny_clip_model(**kw):
     return build_model(cfg).eval()
 
 
+def _tiny_hf_clip_config(CLIPConfig):
+    """An HF CLIPConfig with the tiny preset's dimensions."""
+    t = PRESETS["hivg-tiny"]
+    return CLIPConfig(
+        text_config=dict(hidden_size=t["text_width"], intermediate_size=t["text_mlp"],
+                         num_attention_heads=t["text_heads"], num_hidden_layers=t["text_layers"],
+                         max_position_embeddings=77, vocab_size=49408),
+        vision_config=dict(hidden_size=t["vision_width"], intermediate_size=t["vision_mlp"],
+                           num_attention_heads=t["vision_heads"], num_hidden_layers=t["vision_layers"],
+                           image_size=t["image_size"], patch_size=t["patch_size"]),
+        projection_dim=t["embed_dim"])
+
+
 def _ids(B=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.zeros(B, 77, dtype=torch.long)
@@ -171,10 +185,14 @@ def test_open_clip_and_openai_mapping_numerically():
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(0)
-    oc = CLIP(embed_dim=64, quick_gelu=True,
-              vision_cfg=CLIPVisionCfg(layers=4, width=128, head_width=64, mlp_ratio=4.0, patch_size=16,
-                                       image_size=128),
-              text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=4)).eval()
+    t = PRESETS["hivg-tiny"]  # an open_clip model with the tiny preset's dimensions
+    oc = CLIP(embed_dim=t["embed_dim"], quick_gelu=True,
+              vision_cfg=CLIPVisionCfg(layers=t["vision_layers"], width=t["vision_width"],
+                                       head_width=t["vision_width"] // t["vision_heads"],
+                                       mlp_ratio=t["vision_mlp"] / t["vision_width"], patch_size=t["patch_size"],
+                                       image_size=t["image_size"]),
+              text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=t["text_width"],
+                                   heads=t["text_heads"], layers=t["text_layers"])).eval()
     for name, src in (("open_clip", oc.state_dict()),
                       ("openai", {**oc.state_dict(), "input_resolution": torch.tensor(128),
                                   "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)})):
@@ -212,12 +230,7 @@ def test_hf_clip_mapping_numerically():
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=256, num_attention_heads=2, num_hidden_layers=4,
-                         max_position_embeddings=77, vocab_size=49408),
-        vision_config=dict(hidden_size=128, intermediate_size=512, num_attention_heads=2, num_hidden_layers=4,
-                           image_size=128, patch_size=16),
-        projection_dim=64)
+    cfg = _tiny_hf_clip_config(CLIPConfig)
     hf = CLIPModel(cfg).eval()
     sd, info = convert_clip(hf.state_dict())
     assert info["source"] == "hf"
@@ -268,12 +281,7 @@ def test_cli_converts_a_peft_wrapped_clip_file(tmp_path):
 
     from hivg.convert import main
 
-    cfg = CLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=256, num_attention_heads=2, num_hidden_layers=4,
-                         vocab_size=49408),
-        vision_config=dict(hidden_size=128, intermediate_size=512, num_attention_heads=2, num_hidden_layers=4,
-                           image_size=128, patch_size=16),
-        projection_dim=64)
+    cfg = _tiny_hf_clip_config(CLIPConfig)
     hf = CLIPModel(cfg)
     src, dst = tmp_path / "debiased.pth", tmp_path / "ours.pth"
     torch.save({"model": {"base_model.model." + k: v for k, v in hf.state_dict().items()}}, src)
