@@ -7,7 +7,8 @@
 # Recipe: the official architecture and loss terms, with a from-scratch schedule: batch 32, lr 1e-3 with a
 # 50-step warm-up and per-step cosine, no fusion dropout, the contrastive term off (the bridges let the image
 # CLS see its own text: a shortcut) and the two focal terms at weight 1 instead of 20 (they swamp the box
-# terms in the shared weights of a random-init model); the tiny preset (width 64, 4 fusion layers) uses sine position tables.
+# terms in the shared weights of a random-init model); the tiny preset (width 64, 4 fusion layers) uses sine
+# position tables.
 # Status: see hivg/README.md ("Learning diagnosis") for the measured figures and the gap that remains.
 # Usage: bash scripts/quickstart.sh [--dry-run]     env: OUT (default ./outputs/quickstart), EPOCHS, NUM_TRAIN
 set -euo pipefail

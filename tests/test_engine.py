@@ -250,7 +250,6 @@ def test_param_groups_rules_and_freeze():
         optim.build_param_groups(m, 1e-3, 0.0, rules=[("x", {"lr_mul": 2})])
 
 
-
 @pytest.mark.parametrize("name,kw", [("adamw", {}), ("adam", {"amsgrad": True, "weight_decay": 1e-2})])
 def test_fused_adam_matches_the_per_tensor_loop(name, kw):
     torch.manual_seed(0)
@@ -264,8 +263,7 @@ def test_fused_adam_matches_the_per_tensor_loop(name, kw):
     for _ in range(20):
         for m, o in ((ref, o_ref), (fus, o_fus)):
             o.zero_grad()
-            F_loss = ((m(x) - y) ** 2).mean()
-            F_loss.backward()
+            ((m(x) - y) ** 2).mean().backward()
             o.step()
     for a, b in zip(ref.parameters(), fus.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hivg.config import PRESETS
 from hivg.convert import ConversionError, convert_clip, convert_official, load_clip_into
 from hivg.model import build_model
-from hivg.config import PRESETS
 
 
 def _official_args(flags: str) -> dict:

@@ -105,10 +105,9 @@ def _all_params(params) -> list:
 
 
 def _can_fuse(params) -> bool:
-    """The fused Adam/AdamW kernels take floating-point tensors on one CPU or CUDA device."""
+    """The fused Adam/AdamW kernels take floating-point CPU or CUDA tensors."""
     ps = _all_params(params)
-    return bool(ps) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in ps) \
-        and len({p.device for p in ps}) == 1
+    return bool(ps) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in ps)
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
@@ -126,7 +125,7 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, bet
         use_fused = _can_fuse(params) if fused is None else bool(fused)
         cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
         return cls(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, amsgrad=amsgrad,
-                   **({"fused": True} if use_fused else {}))
+                   fused=use_fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
     raise ValueError(f"build_optimizer: unknown optimizer {name!r}; choose from {OPTIMIZERS}")
