@@ -80,6 +80,7 @@ from .sample import Record
 __all__ = [
     "KINDS", "COLORS", "SIZES", "VOCAB", "SPLITS", "KIND_GROUPS", "CATEGORY_IDS",
     "make_scene", "make_records", "generate", "load_synthetic", "evaluate", "parse_expression",
+    "TAG_CLASSES", "scene_tag_maps", "patch_tags",
     "realise", "image_file_name", "objects_of", "main",
 ]
 
@@ -924,6 +925,58 @@ def load_synthetic(out_dir, split: str, fmt: str = "transvg", grec: bool = False
     else:
         raise ValueError(f"unknown format {fmt!r}; expected transvg, refer or seqtr")
     return _attach_objects(list(recs), out)
+
+
+# ------------------------------------------------------------------------------------------- dense tags
+# Per-pixel / per-patch attribute labels of a scene, for pretraining a tiny image tower on the synthetic data
+# (a stand-in for the CLIP / BEiT-3 pretraining the papers start from, which is not available offline).
+TAG_CLASSES = {"kind": KINDS, "color": tuple(COLORS), "size": SIZES}  # label 0 = background, i + 1 = class i
+
+
+def scene_tag_maps(objects: Sequence[dict], height: int, width: int) -> dict:
+    """``{"kind", "color", "size"} -> int64 [height, width]`` label maps of one scene: 0 = background, ``i + 1``
+    = ``TAG_CLASSES[field][i]``.  ``objects``: the scene's objects as stored in ``record.extra["objects"]``
+    (category, color, size, segmentation polygons); shapes never overlap, so every pixel has one owner."""
+    maps = {f: np.zeros((int(height), int(width)), np.int64) for f in TAG_CLASSES}
+    for i, o in enumerate(objects):
+        missing = [k for k in ("category", "color", "size", "segmentation") if k not in o]
+        if missing:
+            raise ValueError(f"scene_tag_maps: object {i} lacks {missing} (synthetic objects from make_records or "
+                             f"load_synthetic carry them)")
+        m = mask_utils.decode(polygons_to_rle(o["segmentation"], int(height), int(width))).astype(bool)
+        for f, value in (("kind", o["category"]), ("color", o["color"]), ("size", o["size"])):
+            if value not in TAG_CLASSES[f]:
+                raise ValueError(f"scene_tag_maps: object {i} has unknown {f} {value!r}")
+            maps[f][m] = TAG_CLASSES[f].index(value) + 1
+    return maps
+
+
+def patch_tags(tag_map: np.ndarray, affine: Sequence[float], canvas_hw: tuple, patch: int,
+               min_fraction: float = 0.3) -> np.ndarray:
+    """Per-patch labels ``[H // patch, W // patch]`` (int64) of an original-pixel ``tag_map`` on a model's input
+    canvas.  ``affine`` = (sx, ox, sy, oy) maps original to input pixels (the dataset's per-sample
+    ``affine``); every input pixel takes the label of the original pixel it comes from (nearest; padding = 0).
+    A patch gets the most frequent non-background label when it covers at least ``min_fraction`` of the patch,
+    else 0."""
+    H, W = (int(v) for v in canvas_hw)
+    if H % patch or W % patch:
+        raise ValueError(f"patch_tags: canvas {H}x{W} is not a multiple of the patch size {patch}")
+    sx, ox, sy, oy = (float(v) for v in affine)
+    h0, w0 = tag_map.shape
+    xs = np.floor((np.arange(W) + 0.5 - ox) / sx).astype(np.int64)
+    ys = np.floor((np.arange(H) + 0.5 - oy) / sy).astype(np.int64)
+    okx, oky = (xs >= 0) & (xs < w0), (ys >= 0) & (ys < h0)
+    canvas = tag_map[np.clip(ys, 0, h0 - 1)[:, None], np.clip(xs, 0, w0 - 1)[None, :]]
+    canvas = np.where(oky[:, None] & okx[None, :], canvas, 0)
+    n_cls = int(max(canvas.max(), 0)) + 1
+    gh, gw = H // patch, W // patch
+    blocks = canvas.reshape(gh, patch, gw, patch).transpose(0, 2, 1, 3).reshape(gh, gw, patch * patch)
+    counts = np.stack([(blocks == c).sum(-1) for c in range(1, n_cls)], -1) if n_cls > 1 else None
+    if counts is None:
+        return np.zeros((gh, gw), np.int64)
+    best = counts.argmax(-1)
+    frac = counts.max(-1) / float(patch * patch)
+    return np.where(frac >= min_fraction, best + 1, 0).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------- command line
