@@ -75,6 +75,7 @@ from typing import Optional, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .masks import decode_mask
 from .sample import Record
 
 __all__ = [
@@ -943,7 +944,7 @@ def scene_tag_maps(objects: Sequence[dict], height: int, width: int) -> dict:
         if missing:
             raise ValueError(f"scene_tag_maps: object {i} lacks {missing} (synthetic objects from make_records or "
                              f"load_synthetic carry them)")
-        m = mask_utils.decode(polygons_to_rle(o["segmentation"], int(height), int(width))).astype(bool)
+        m = decode_mask(o["segmentation"], int(height), int(width)).astype(bool)
         for f, value in (("kind", o["category"]), ("color", o["color"]), ("size", o["size"])):
             if value not in TAG_CLASSES[f]:
                 raise ValueError(f"scene_tag_maps: object {i} has unknown {f} {value!r}")
@@ -968,15 +969,13 @@ def patch_tags(tag_map: np.ndarray, affine: Sequence[float], canvas_hw: tuple, p
     okx, oky = (xs >= 0) & (xs < w0), (ys >= 0) & (ys < h0)
     canvas = tag_map[np.clip(ys, 0, h0 - 1)[:, None], np.clip(xs, 0, w0 - 1)[None, :]]
     canvas = np.where(oky[:, None] & okx[None, :], canvas, 0)
-    n_cls = int(max(canvas.max(), 0)) + 1
     gh, gw = H // patch, W // patch
-    blocks = canvas.reshape(gh, patch, gw, patch).transpose(0, 2, 1, 3).reshape(gh, gw, patch * patch)
-    counts = np.stack([(blocks == c).sum(-1) for c in range(1, n_cls)], -1) if n_cls > 1 else None
-    if counts is None:
+    if canvas.max() <= 0:
         return np.zeros((gh, gw), np.int64)
-    best = counts.argmax(-1)
+    blocks = canvas.reshape(gh, patch, gw, patch).transpose(0, 2, 1, 3).reshape(gh, gw, patch * patch)
+    counts = np.stack([(blocks == c).sum(-1) for c in range(1, int(canvas.max()) + 1)], -1)  # [gh, gw, C]
     frac = counts.max(-1) / float(patch * patch)
-    return np.where(frac >= min_fraction, best + 1, 0).astype(np.int64)
+    return np.where(frac >= min_fraction, counts.argmax(-1) + 1, 0).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------- command line
