@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import builtins
 import datetime
+import gc
 import os
 import random
 from dataclasses import dataclass
@@ -107,10 +108,21 @@ def init_distributed(backend: Optional[str] = None, device: Optional[str] = None
 
 
 def destroy() -> None:
-    """Tear down the process group (if any) and forget the info."""
+    """Tear down the process group (if any) and forget the info.
+
+    All ranks meet at a barrier first, and objects still holding the group (a DistributedDataParallel
+    reducer caught in a reference cycle, finished async work) are collected while the interpreter is fully
+    alive: a gloo group torn down during interpreter finalisation, or while a peer is still mid-collective,
+    can abort the process ("terminate called without an active exception") after training has finished.
+    """
     global _INFO
     if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
+        try:
+            tdist.barrier()
+        finally:
+            gc.collect()
+            tdist.destroy_process_group()
+            gc.collect()
     _INFO = None
     setup_print(True)
 
