@@ -117,7 +117,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, is_causal: bool = False, text_states=None, batch_mixing: bool = False):
         x = x + self.attn(self.ln1(x), is_causal=is_causal)
-        if self.bridge is not None:
+        if self.bridge is not None and text_states is not None:  # no text: the plain CLIP image encoder
             x = self.bridge(x, text_states, batch_mixing)
         return x + self.mlp(self.ln2(x))
 
@@ -182,7 +182,9 @@ class VisionTower(nn.Module):
         return torch.cat([cls, patch.permute(0, 2, 3, 1).reshape(h * w, -1)], 0)
 
     def forward(self, img: torch.Tensor, text_states=None, batch_mixing: bool = False):
-        """img [B,3,H,W] -> (hidden_states list of L+1 [B,1+N,Dv], pooled [B,Dv] = ln_post(CLS))."""
+        """img [B,3,H,W] -> (hidden_states list of L+1 [B,1+N,Dv], pooled [B,Dv] = ln_post(CLS)).
+
+        ``text_states`` None: the plain CLIP image encoder, bridges skipped (e.g. tag pretraining)."""
         x = self.patch_embed(img)
         B, D, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)

@@ -59,10 +59,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "OpenAI/open_clip/HF state dict file, or a folder holding one of them")
     g.add_argument("--clip_model", default="", help="debiased CLIP file (clip_b_ml_cascade_maskrcnn_model_224.pth); "
                    "loaded after --clip_dir, first phase only")
-    g.add_argument("--train_clip", action="store_true",
-                   help="train the CLIP tower weights too (for from-scratch presets such as --model tiny; the "
-                        "official recipe freezes them and trains bridges + LoRA + heads); LoRA adapters keep the "
-                        "trainable set of --hi_lora_stage")
+    g.add_argument("--train_clip", nargs="?", const="all", default="none", choices=["none", "text", "vision", "all"],
+                   help="train CLIP tower base weights too (the official recipe freezes them and trains bridges + "
+                        "LoRA + heads): 'all' (also plain --train_clip) both towers, for from-scratch presets such "
+                        "as --model tiny; 'text' only the text tower, e.g. over a tag-pretrained tiny image tower "
+                        "(hivg/pretrain_tiny.py); LoRA adapters keep the trainable set of --hi_lora_stage")
     g.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root's layout)")
     g.add_argument("--box_int_truncate", action="store_true",
                    help="compat: truncate the stored x, y, w, h to int before xywh->xyxy, as the official loader does")
@@ -102,6 +103,21 @@ def _load_whole(model: HiVG, path: str, allow_missing=()) -> dict:
     return obj
 
 
+_TRAIN_CLIP_PREFIXES = {"none": (), "text": ("text.", "text_projection"), "vision": ("vision.", "visual_projection"),
+                        "all": ("",)}  # "" prefixes every name: with the stage's trainable set, everything
+
+
+def _train_clip_mode(v) -> str:
+    """--train_clip value; True / False from older callers (a store_true flag) mean all / none."""
+    if v is True:
+        return "all"
+    if v in (False, None):
+        return "none"
+    if v not in _TRAIN_CLIP_PREFIXES:
+        raise ValueError(f"--train_clip must be one of {sorted(_TRAIN_CLIP_PREFIXES)}, got {v!r}")
+    return v
+
+
 def load_pretrained(model: HiVG, args, logger=None) -> None:
     """--clip_dir / --clip_model (CLIP towers), then --retrain or --hi_lora_retrain (whole model)."""
     say = logger.info if logger is not None else print
@@ -125,9 +141,10 @@ def load_pretrained(model: HiVG, args, logger=None) -> None:
         convert.load_clip_into(model, sd, reinit_ml_projection=False)
         say(f"CLIP + LoRA + bridges from {args.hi_lora_clip}")
     model.compat_batch_mixing = bool(args.bridge_batch_mixing)
-    if getattr(args, "train_clip", False):  # the tower weights train too; LoRA keeps its stage's rule
+    towers = _TRAIN_CLIP_PREFIXES[_train_clip_mode(getattr(args, "train_clip", "none"))]
+    if towers:  # the tower weights train too; LoRA keeps its stage's rule
         for name, p in model.named_parameters():
-            if name != "logit_scale" and ".lora_" not in name:
+            if name != "logit_scale" and ".lora_" not in name and name.startswith(towers):
                 p.requires_grad_(True)
     if not (args.clip_dir or args.clip_model or args.retrain or args.hi_lora_retrain or args.model == "tiny"
             or getattr(args, "eval_model", "")):

@@ -8,7 +8,9 @@ Sources handled (every input key must be mapped or explicitly dropped; otherwise
   * ``clip_lora_stage_with_bridge.pth`` (the same CLIP entries without ``clip.``) and the debiased CLIP files
     (``{'model': peft-wrapped HF CLIPModel}``);
   * HF CLIPModel state dicts / folders (``pytorch_model.bin`` or ``model.safetensors``);
-  * OpenAI CLIP state dicts (also TorchScript archives) and open_clip models (same key names as OpenAI).
+  * OpenAI CLIP state dicts (also TorchScript archives) and open_clip models (same key names as OpenAI);
+  * CLIP weights already in our key space (``vision.*``, ``text.*``, projections), e.g. the tag-pretrained
+    tiny tower that ``hivg/pretrain_tiny.py`` writes.
 
 LoRA handling (``lora=``): "keep" copies the adapters (our `LoRALinear.lora_a/lora_b`); "merge" folds
 ``W + (alpha/r) * B @ A`` (alpha = 16 officially, so scale 0.5) and writes zero ``lora_b`` so the result still
@@ -250,6 +252,9 @@ def _is_openai_layout(sd: dict) -> bool:
 
 
 # ---------------------------------------------------------------- public converters
+_OWN_CLIP_PREFIXES = ("vision.", "text.", "text_projection", "visual_projection", "logit_scale")
+
+
 def convert_clip(obj, lora: str = "keep", lora_alpha: float = LORA_ALPHA, mixup: bool = False) -> tuple:
     """A pretrained CLIP (HF, peft-wrapped HF / debiased CLIP, OpenAI, open_clip; state dict, checkpoint dict,
     nn.Module, or path) -> (our CLIP-tower state dict, info).  Bridge modules present in the input (an official
@@ -266,6 +271,9 @@ def convert_clip(obj, lora: str = "keep", lora_alpha: float = LORA_ALPHA, mixup:
         rest, n = strip_peft_prefix(k)
         depth.add(n)
         stripped[rest] = v
+    if stripped and all(k.startswith(_OWN_CLIP_PREFIXES) for k in stripped):
+        # already our key space (e.g. hivg/pretrain_tiny.py): nothing to rename; `load_clip_into` checks it
+        return dict(stripped), {"source": "vgcore", "peft_depth": sorted(depth), "dropped": []}
     if _is_openai_layout(stripped):
         hf, dropped = _openai_to_hf(stripped)
         source = "openai"

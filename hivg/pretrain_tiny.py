@@ -1,0 +1,103 @@
+"""Pretrain the tiny preset's CLIP image tower on dense synthetic tags (a stand-in for CLIP pretraining).
+
+HiVG starts from a pretrained CLIP and keeps its base weights frozen (stage 0 trains the bridges, the fusion
+encoder and the heads).  The tiny preset has no such weights offline, and from random initialisation its
+vision tower does not learn the shape kinds within a CPU budget (hivg/README.md, "Learning diagnosis, session
+6").  This script trains the tower alone on per-patch kind/colour labels of synthetic scenes (`vgcore.tagpretrain`)
+and writes the CLIP weights as a file that ``hivg/train.py --clip_dir FILE`` loads like any pretrained CLIP:
+
+    python hivg/pretrain_tiny.py --model tiny --imsize 128 --max_query_len 20 --steps 1500 --out tiny_clip.pth
+    python hivg/train.py --model tiny ... --clip_dir tiny_clip.pth --train_clip text ...
+
+``--train_clip text`` then keeps the pretrained image tower frozen, as the official recipe keeps CLIP, and
+trains the (untrained) tiny text tower with the rest.  The scenes come from ``--scene_seed`` (default 1), not
+the grounding data's seed 0, so no val or test image is seen here.  The text tower is left at its
+initialisation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python hivg/pretrain_tiny.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from hivg.common import add_model_args, build_hivg
+from vgcore import dist
+from vgcore.checkpoint import atomic_save
+from vgcore.data.transforms import build_transforms
+from vgcore.tagpretrain import SceneTagDataset, pretrain_tags, scene_records
+from vgcore.trainer import MODEL_FORMAT
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("HiVG tiny-CLIP tag pretraining", add_help=add_help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("tag pretraining")
+    g.add_argument("--out", required=True, help="output CLIP weights (.pth), for hivg/train.py --clip_dir")
+    g.add_argument("--steps", type=int, default=1500)
+    g.add_argument("--num_scenes", type=int, default=6000, help="training scenes (held in memory, float16)")
+    g.add_argument("--val_scenes", type=int, default=300, help="held-out scenes for the reported accuracy")
+    g.add_argument("--scene_seed", type=int, default=1, help="synthetic seed of the scenes (grounding data: 0)")
+    g.add_argument("--min_objects", type=int, default=3)
+    g.add_argument("--max_objects", type=int, default=8)
+    g.add_argument("--object_scale", type=float, default=1.0)
+    g.add_argument("--fields", default="kind,color", help="comma list of kind,color,size")
+    g.add_argument("--pretrain_batch_size", type=int, default=32)
+    g.add_argument("--pretrain_lr", type=float, default=1e-3)
+    g.add_argument("--background_weight", type=float, default=0.1, help="cross-entropy weight of background patches")
+    g.add_argument("--min_fraction", type=float, default=0.3, help="share of a patch a shape must cover to label it")
+    g.add_argument("--seed", type=int, default=13)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--log_every", type=int, default=100)
+    g.add_argument("--val_every", type=int, default=0, help="also report the held-out tag accuracy every N steps")
+    g.add_argument("--warmup_steps", type=int, default=50, help="linear warm-up steps")
+    g.add_argument("--pretrain_schedule", default="cosine", choices=["cosine", "constant"],
+                   help="after the warm-up: cosine decay to 0, or a constant lr")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.model != "tiny":
+        raise SystemExit("hivg/pretrain_tiny.py: only --model tiny (the real backbones load pretrained CLIP weights)")
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    dist.configure_cpu_threads(device, 0)
+    model = build_hivg(args)
+    tower = model.vision.to(device).train()
+    for p in tower.parameters():
+        p.requires_grad_(True)
+    opts = dict(min_objects=args.min_objects, max_objects=args.max_objects, object_scale=args.object_scale)
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()]
+    transform = build_transforms("hivg", train=False, imsize=args.imsize)
+    recs, imgs = scene_records(args.num_scenes, seed=args.scene_seed, split="train", **opts)
+    vrecs, vimgs = scene_records(args.val_scenes, seed=args.scene_seed, split="val", **opts)
+    train_set = SceneTagDataset(recs, imgs, transform, tower.patch_size, fields, args.min_fraction)
+    val_set = SceneTagDataset(vrecs, vimgs, transform, tower.patch_size, fields, args.min_fraction)
+
+    def features(img):
+        hidden, _ = tower(img)  # no text: bridges skipped
+        return hidden[-1][:, 1:]
+
+    res = pretrain_tags(features, tower.parameters(), train_set, steps=args.steps,
+                        batch_size=args.pretrain_batch_size, lr=args.pretrain_lr,
+                        background_weight=args.background_weight, seed=args.seed, device=device,
+                        warmup_steps=args.warmup_steps, schedule=args.pretrain_schedule, val_dataset=val_set, val_every=args.val_every, log=print,
+                        log_every=args.log_every)
+    sd = model.state_dict()
+    clip = {k: sd[k].detach().cpu().clone() for k in model.clip_parameter_names()}
+    summary = {"steps": args.steps, "scenes": len(train_set), "fields": fields, "val_tag_accuracy": res["val"],
+               "seconds": round(res["seconds"], 1), "scene_options": opts, "scene_seed": args.scene_seed}
+    atomic_save({"format": MODEL_FORMAT, "model": clip, "config": model.cfg.to_dict(), "metrics": res["val"],
+                 "extra": {"kind": "hivg-tiny-clip (tag-pretrained vision tower)", **summary}}, args.out)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

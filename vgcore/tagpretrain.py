@@ -1,0 +1,200 @@
+"""Dense-tag pretraining of a small image tower on the synthetic scenes.
+
+The papers start from towers pretrained on web data (CLIP for HiVG, BEiT-3 for SimVG); none of those weights
+are available offline, and a tiny tower trained from random initialisation by the grounding losses alone
+does not learn the shape kinds within a CPU budget (hivg/README.md, "Learning diagnosis, session 6").  This
+module stands in for that pretraining: every patch of a synthetic scene, seen through the method's own
+evaluation transform, is labelled with the kind / colour / size of the shape that covers it
+(`vgcore.data.synthetic.scene_tag_maps` + `patch_tags`), and a linear probe per field on the tower's patch
+features is trained with cross-entropy.  Use scenes of a seed the grounding data does not use.
+
+    recs, images = scene_records(6000, seed=1)
+    train = SceneTagDataset(recs, images, build_transforms("hivg", train=False, imsize=128), patch=16)
+    result = pretrain_tags(lambda x: tower(x)[0][-1][:, 1:], tower.parameters(), train, steps=1500)
+
+The tower-specific parts (which features, which weights to keep) live in the method package
+(e.g. ``hivg/pretrain_tiny.py``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data.synthetic import TAG_CLASSES, make_records, patch_tags, scene_tag_maps
+
+__all__ = ["scene_records", "SceneTagDataset", "pretrain_tags", "tag_accuracy"]
+
+
+def scene_records(num_scenes: int, seed: int = 1, split: str = "train", **scene_options):
+    """``num_scenes`` synthetic scenes held in memory: (records, images), one record per scene (its first
+    expression; ``record.extra["objects"]`` carries the shapes).  ``scene_options``: min_objects,
+    max_objects, object_scale (see `vgcore.data.synthetic.make_records`)."""
+    if num_scenes < 1:
+        raise ValueError(f"scene_records: num_scenes must be >= 1, got {num_scenes}")
+    records, images = [], {}
+    want = int(num_scenes)
+    while len(records) < num_scenes:
+        recs, imgs = make_records(int(want * 3.5) + 8, seed=seed, split=split, **scene_options)
+        seen, records = set(), []
+        for r in recs:
+            if r.image_path not in seen:
+                seen.add(r.image_path)
+                records.append(r)
+        want *= 2  # a scene gives 3-4 expressions on average; ask for more if that fell short
+    records = records[:num_scenes]
+    return records, {r.image_path: imgs[r.image_path] for r in records}
+
+
+class SceneTagDataset(torch.utils.data.Dataset):
+    """One sample per scene: (image [3, H, W] after ``transform``, labels [len(fields), H/patch, W/patch]).
+
+    ``transform``: the method's (deterministic, evaluation) transform, e.g. ``build_transforms("hivg",
+    train=False, imsize=128)``; its ``affine`` places the labels.  Every sample is transformed once, on first
+    use, and kept (images in float16), so epochs after the first cost no decoding or resizing.
+    ``min_fraction``: a patch is labelled when one shape covers at least that share of it (else background 0).
+    """
+
+    def __init__(self, records: Sequence, images: dict, transform: Callable, patch: int,
+                 fields: Sequence[str] = ("kind", "color"), min_fraction: float = 0.3):
+        from PIL import Image
+
+        from .data.dataset import GroundingDataset
+
+        bad = [f for f in fields if f not in TAG_CLASSES]
+        if bad:
+            raise ValueError(f"SceneTagDataset: unknown tag fields {bad}; choose from {sorted(TAG_CLASSES)}")
+        missing = [r.image_path for r in records if r.image_path not in images]
+        if missing:
+            raise ValueError(f"SceneTagDataset: no image for {len(missing)} records, e.g. {missing[:3]}")
+        self.records, self.fields, self.patch, self.min_fraction = list(records), tuple(fields), int(patch), min_fraction
+        self._ds = GroundingDataset(self.records, transform,
+                                    image_loader=lambda p, rec: Image.fromarray(images[p]))
+        self._cache: Dict[int, tuple] = {}
+
+    @property
+    def num_classes(self) -> Dict[str, int]:
+        """Classes per field, background included."""
+        return {f: len(TAG_CLASSES[f]) + 1 for f in self.fields}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        hit = self._cache.get(i)
+        if hit is None:
+            s = self._ds[i]
+            rec = self.records[i]
+            try:
+                maps = scene_tag_maps(rec.extra["objects"], rec.height, rec.width)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"SceneTagDataset: record {i} ({rec.image_path}): {e}") from e
+            hw = tuple(s["image"].shape[-2:])
+            labels = np.stack([patch_tags(maps[f], s["affine"].numpy(), hw, self.patch, self.min_fraction)
+                               for f in self.fields])
+            hit = (s["image"].to(torch.float16), torch.from_numpy(labels))
+            self._cache[i] = hit
+        return hit[0].float(), hit[1]
+
+
+def _loss(logits: Dict[str, torch.Tensor], labels: torch.Tensor, fields, background_weight: float):
+    total = 0.0
+    for j, f in enumerate(fields):
+        lg = logits[f]  # [B, N, C]
+        w = torch.ones(lg.shape[-1], device=lg.device, dtype=lg.dtype)
+        w[0] = background_weight
+        total = total + F.cross_entropy(lg.flatten(0, 1), labels[:, j].flatten(), weight=w)
+    return total
+
+
+@torch.no_grad()
+def tag_accuracy(features: Callable, heads: nn.ModuleDict, dataset, fields: Sequence[str],
+                 batch_size: int = 64, device="cpu") -> Dict[str, float]:
+    """Per field: accuracy over the patches that a shape covers (background patches excluded)."""
+    right = {f: 0 for f in fields}
+    total = {f: 0 for f in fields}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for img, lab in loader:
+        feats = features(img.to(device))
+        for j, f in enumerate(fields):
+            pred = heads[f](feats).argmax(-1).cpu()
+            y = lab[:, j].flatten(1)
+            on = y > 0
+            right[f] += int((pred[on] == y[on]).sum())
+            total[f] += int(on.sum())
+    return {f: right[f] / max(total[f], 1) for f in fields}
+
+
+def pretrain_tags(features: Callable[[torch.Tensor], torch.Tensor], params: Iterable[torch.nn.Parameter],
+                  dataset: SceneTagDataset, *, steps: int, feature_dim: Optional[int] = None,
+                  batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 50,
+                  background_weight: float = 0.1, schedule: str = "cosine", seed: int = 0, device="cpu",
+                  val_dataset: Optional[SceneTagDataset] = None, val_every: int = 0,
+                  log: Optional[Callable[[str], None]] = None, log_every: int = 100) -> dict:
+    """Train the tower behind ``features`` (images [B, 3, H, W] -> patch features [B, N, D], N = the label
+    grid in row-major order) with one linear head per field: AdamW, linear warm-up then cosine decay to 0
+    (``schedule="constant"``: no decay), cross-entropy with the background class down-weighted by
+    ``background_weight``.
+
+    ``params``: the tower parameters to train (the heads are added).  Returns {"heads", "history" (loss per
+    ``log_every`` steps; with ``val_every`` also the `tag_accuracy` on ``val_dataset`` every that many steps),
+    "val" (`tag_accuracy` on ``val_dataset`` at the end, when given), "seconds"}.
+    """
+    if steps < 1:
+        raise ValueError(f"pretrain_tags: steps must be >= 1, got {steps}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"pretrain_tags: schedule must be 'cosine' or 'constant', got {schedule!r}")
+    fields = dataset.fields
+    if feature_dim is None:
+        with torch.no_grad():
+            feature_dim = int(features(dataset[0][0][None].to(device)).shape[-1])
+    heads = nn.ModuleDict({f: nn.Linear(feature_dim, n) for f, n in dataset.num_classes.items()}).to(device)
+    params = [p for p in params if p.requires_grad] + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def lr_at(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(steps - warmup_steps, 1)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                         generator=gen)
+    if len(loader) == 0:
+        raise ValueError(f"pretrain_tags: {len(dataset)} scenes do not fill one batch of {batch_size}")
+    history, running, t0, step = [], 0.0, time.time(), 0
+    while step < steps:
+        for img, lab in loader:
+            feats = features(img.to(device))
+            logits = {f: heads[f](feats) for f in fields}
+            loss = _loss(logits, lab.to(device), fields, background_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item()
+            step += 1
+            if step % log_every == 0 or step == steps:
+                n = log_every if step % log_every == 0 else step % log_every
+                rec = {"step": step, "loss": running / n}
+                if val_dataset is not None and val_every and step % val_every == 0 and step < steps:
+                    rec["val"] = tag_accuracy(features, heads, val_dataset, fields, device=device)
+                history.append(rec)
+                if log is not None:
+                    acc = "".join(f", val {f} {a:.3f}" for f, a in rec.get("val", {}).items())
+                    log(f"tag pretraining step {step}/{steps}: loss {running / n:.4f}{acc} ({time.time() - t0:.0f} s)")
+                running = 0.0
+            if step >= steps:
+                break
+    out = {"heads": heads, "history": history, "seconds": time.time() - t0}
+    if val_dataset is not None:
+        out["val"] = tag_accuracy(features, heads, val_dataset, fields, device=device)
+    return out
