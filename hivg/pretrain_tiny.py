@@ -6,7 +6,7 @@ vision tower does not learn the shape kinds within a CPU budget (hivg/README.md,
 6").  This script trains the tower alone on per-patch kind/colour labels of synthetic scenes (`vgcore.tagpretrain`)
 and writes the CLIP weights as a file that ``hivg/train.py --clip_dir FILE`` loads like any pretrained CLIP:
 
-    python hivg/pretrain_tiny.py --model tiny --imsize 128 --max_query_len 20 --steps 1500 --out tiny_clip.pth
+    python hivg/pretrain_tiny.py --model tiny --imsize 128 --max_query_len 20 --steps 3000 --out tiny_clip.pth
     python hivg/train.py --model tiny ... --clip_dir tiny_clip.pth --train_clip text ...
 
 ``--train_clip text`` then keeps the pretrained image tower frozen, as the official recipe keeps CLIP, and
@@ -40,16 +40,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_model_args(p)
     g = p.add_argument_group("tag pretraining")
     g.add_argument("--out", required=True, help="output CLIP weights (.pth), for hivg/train.py --clip_dir")
-    g.add_argument("--steps", type=int, default=1500)
+    g.add_argument("--steps", type=int, default=3000)
     g.add_argument("--num_scenes", type=int, default=6000, help="training scenes (held in memory, float16)")
     g.add_argument("--val_scenes", type=int, default=300, help="held-out scenes for the reported accuracy")
     g.add_argument("--scene_seed", type=int, default=1, help="synthetic seed of the scenes (grounding data: 0)")
-    g.add_argument("--min_objects", type=int, default=3)
-    g.add_argument("--max_objects", type=int, default=8)
-    g.add_argument("--object_scale", type=float, default=1.0)
+    g.add_argument("--min_objects", "--min-objects", type=int, default=3)
+    g.add_argument("--max_objects", "--max-objects", type=int, default=8)
+    g.add_argument("--object_scale", "--object-scale", type=float, default=1.0)
     g.add_argument("--fields", default="kind,color", help="comma list of kind,color,size")
-    g.add_argument("--pretrain_batch_size", type=int, default=32)
-    g.add_argument("--pretrain_lr", type=float, default=1e-3)
+    g.add_argument("--pretrain_batch_size", type=int, default=16)
+    g.add_argument("--pretrain_lr", type=float, default=6e-3)
     g.add_argument("--background_weight", type=float, default=0.1, help="cross-entropy weight of background patches")
     g.add_argument("--min_fraction", type=float, default=0.3, help="share of a patch a shape must cover to label it")
     g.add_argument("--seed", type=int, default=13)
@@ -87,7 +87,8 @@ def main(args: argparse.Namespace) -> dict:
     res = pretrain_tags(features, tower.parameters(), train_set, steps=args.steps,
                         batch_size=args.pretrain_batch_size, lr=args.pretrain_lr,
                         background_weight=args.background_weight, seed=args.seed, device=device,
-                        warmup_steps=args.warmup_steps, schedule=args.pretrain_schedule, val_dataset=val_set, val_every=args.val_every, log=print,
+                        warmup_steps=args.warmup_steps, schedule=args.pretrain_schedule,
+                        val_dataset=val_set, val_every=args.val_every, log=print,
                         log_every=args.log_every)
     sd = model.state_dict()
     clip = {k: sd[k].detach().cpu().clone() for k in model.clip_parameter_names()}

@@ -13,13 +13,25 @@ TINY = ["--model", "tiny", "--dataset", "unc", "--imsize", "64", "--max_query_le
 
 
 def test_scene_records_one_per_scene_and_deterministic():
+    from vgcore.data.synthetic import make_records
+
     recs, imgs = scene_records(30, seed=4)
     assert len(recs) == 30 == len({r.image_path for r in recs}) == len(imgs)
     again, _ = scene_records(30, seed=4)
     assert [r.image_path for r in again] == [r.image_path for r in recs]
-    other, _ = scene_records(30, seed=5)
-    assert not np.array_equal(imgs[recs[0].image_path], _[other[0].image_path])
-    assert all(r.extra["objects"] for r in recs)
+    other, other_imgs = scene_records(30, seed=5)
+    assert not np.array_equal(imgs[recs[0].image_path], other_imgs[other[0].image_path])
+    # the scenes of make_records with the same arguments, objects included, without the expressions
+    full, full_imgs = make_records(40, seed=4)
+    by_name = {r.image_path: r for r in recs}
+    shared = [r for r in full if r.image_path in by_name]
+    assert len({r.image_path for r in shared}) >= 8
+    for r in shared:
+        assert np.array_equal(full_imgs[r.image_path], imgs[r.image_path])
+        assert r.extra["objects"] == by_name[r.image_path].extra["objects"]
+    assert all(r.expression == "" and len(r.boxes) == len(r.extra["objects"]) for r in recs)
+    with pytest.raises(ValueError, match="num_scenes"):
+        scene_records(0)
 
 
 def test_dataset_labels_the_shapes_and_caches():

@@ -26,29 +26,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.synthetic import TAG_CLASSES, make_records, patch_tags, scene_tag_maps
+from .data.synthetic import TAG_CLASSES, make_scenes, patch_tags, scene_tag_maps
 
 __all__ = ["scene_records", "SceneTagDataset", "pretrain_tags", "tag_accuracy"]
 
 
 def scene_records(num_scenes: int, seed: int = 1, split: str = "train", **scene_options):
-    """``num_scenes`` synthetic scenes held in memory: (records, images), one record per scene (its first
-    expression; ``record.extra["objects"]`` carries the shapes).  ``scene_options``: min_objects,
+    """``num_scenes`` synthetic scenes held in memory: (records, images), one record per scene with the shapes in
+    ``record.extra["objects"]`` (`vgcore.data.synthetic.make_scenes`).  ``scene_options``: min_objects,
     max_objects, object_scale (see `vgcore.data.synthetic.make_records`)."""
     if num_scenes < 1:
         raise ValueError(f"scene_records: num_scenes must be >= 1, got {num_scenes}")
-    records, images = [], {}
-    want = int(num_scenes)
-    while len(records) < num_scenes:
-        recs, imgs = make_records(int(want * 3.5) + 8, seed=seed, split=split, **scene_options)
-        seen, records = set(), []
-        for r in recs:
-            if r.image_path not in seen:
-                seen.add(r.image_path)
-                records.append(r)
-        want *= 2  # a scene gives 3-4 expressions on average; ask for more if that fell short
-    records = records[:num_scenes]
-    return records, {r.image_path: imgs[r.image_path] for r in records}
+    return make_scenes(int(num_scenes), seed=seed, split=split, **scene_options)
 
 
 class SceneTagDataset(torch.utils.data.Dataset):

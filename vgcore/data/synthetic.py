@@ -80,7 +80,7 @@ from .sample import Record
 
 __all__ = [
     "KINDS", "COLORS", "SIZES", "VOCAB", "SPLITS", "KIND_GROUPS", "CATEGORY_IDS",
-    "make_scene", "make_records", "generate", "load_synthetic", "evaluate", "parse_expression",
+    "make_scene", "make_records", "make_scenes", "generate", "load_synthetic", "evaluate", "parse_expression",
     "TAG_CLASSES", "scene_tag_maps", "patch_tags",
     "realise", "image_file_name", "objects_of", "main",
 ]
@@ -658,6 +658,36 @@ def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = Fal
             continue
         recs = recs[: num - len(records)]
         records.extend(recs)
+        images[fname] = img
+    return records, images
+
+
+def make_scenes(num: int, seed: int = 0, split: str = "train", min_objects: int = 3, max_objects: int = 8,
+                object_scale: float = 1.0, image_format: str = "png"):
+    """``num`` scenes without expressions (several times faster than `make_records`, e.g. for tag
+    pretraining): (records, images), one `Record` per scene with an empty expression, ``boxes`` = every
+    shape's box, and ``extra["objects"]`` as in `make_records`.  The scenes come from the random stream of
+    `make_records` with the same arguments (same file names and images, without the expression draws)."""
+    _check_scene_options(min_objects, max_objects, object_scale)
+    keep_at_least = min(min_objects, 2)
+    code = _split_code(split, False)
+    records, images = [], {}
+    idx = 0
+    while len(records) < num:
+        if idx >= 1_000_000:
+            raise ValueError(f"make_scenes: at most 1,000,000 images per split (asked for {num})")
+        rng = np.random.default_rng([int(seed), code, idx])
+        image_id = code * 1_000_000 + idx
+        idx += 1
+        img, objs = make_scene(rng, min_objects, max_objects, object_scale)
+        if len(objs) < keep_at_least:
+            continue
+        h, w = img.shape[:2]
+        fname = image_file_name(image_id, image_format)
+        public = _public_objects(objs, image_id)
+        records.append(Record(fname, "", np.array([o["box"] for o in public], np.float32).reshape(-1, 4),
+                              image_id=image_id, height=h, width=w, dataset="synthetic", split=split,
+                              extra={"objects": public}))
         images[fname] = img
     return records, images
 
