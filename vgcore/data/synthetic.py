@@ -637,19 +637,10 @@ def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = Fal
     consecutive; the last image may contribute fewer of its refs so the count is exactly `num`.
     """
     _check_scene_options(min_objects, max_objects, object_scale)
-    keep_at_least = min(min_objects, 2)
-    code = _split_code(split, grec)
     records, images = [], {}
-    idx = 0
-    while len(records) < num:
-        if idx >= 1_000_000:
-            raise ValueError(f"make_records: at most 1,000,000 images per split (asked for {num} records)")
-        rng = np.random.default_rng([int(seed), code, idx])
-        image_id = code * 1_000_000 + idx  # all ids (image, ann, ref, sent) stay < 2**31
-        idx += 1
-        img, objs = make_scene(rng, min_objects, max_objects, object_scale)
-        if len(objs) < keep_at_least:
-            continue
+    for rng, image_id, img, objs in _scenes(seed, _split_code(split, grec), min_objects, max_objects, object_scale):
+        if len(records) >= num:
+            break
         h, w = img.shape[:2]
         fname = image_file_name(image_id, image_format)
         path = os.path.join(image_dir, fname) if image_dir else fname
@@ -662,6 +653,18 @@ def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = Fal
     return records, images
 
 
+def _scenes(seed: int, code: int, min_objects: int, max_objects: int, object_scale: float):
+    """The scene stream of one split: (rng, image_id, image, objects) of every kept scene, in order.  A scene
+    is kept when at least ``min(min_objects, 2)`` shapes fit; ``rng`` continues the scene's own stream."""
+    keep_at_least = min(min_objects, 2)
+    for idx in range(1_000_000):
+        rng = np.random.default_rng([int(seed), code, idx])
+        img, objs = make_scene(rng, min_objects, max_objects, object_scale)
+        if len(objs) >= keep_at_least:
+            yield rng, code * 1_000_000 + idx, img, objs  # all ids (image, ann, ref, sent) stay < 2**31
+    raise ValueError("synthetic: at most 1,000,000 images per split")
+
+
 def make_scenes(num: int, seed: int = 0, split: str = "train", min_objects: int = 3, max_objects: int = 8,
                 object_scale: float = 1.0, image_format: str = "png"):
     """``num`` scenes without expressions (several times faster than `make_records`, e.g. for tag
@@ -669,19 +672,10 @@ def make_scenes(num: int, seed: int = 0, split: str = "train", min_objects: int 
     shape's box, and ``extra["objects"]`` as in `make_records`.  The scenes come from the random stream of
     `make_records` with the same arguments (same file names and images, without the expression draws)."""
     _check_scene_options(min_objects, max_objects, object_scale)
-    keep_at_least = min(min_objects, 2)
-    code = _split_code(split, False)
     records, images = [], {}
-    idx = 0
-    while len(records) < num:
-        if idx >= 1_000_000:
-            raise ValueError(f"make_scenes: at most 1,000,000 images per split (asked for {num})")
-        rng = np.random.default_rng([int(seed), code, idx])
-        image_id = code * 1_000_000 + idx
-        idx += 1
-        img, objs = make_scene(rng, min_objects, max_objects, object_scale)
-        if len(objs) < keep_at_least:
-            continue
+    for _rng, image_id, img, objs in _scenes(seed, _split_code(split, False), min_objects, max_objects, object_scale):
+        if len(records) >= num:
+            break
         h, w = img.shape[:2]
         fname = image_file_name(image_id, image_format)
         public = _public_objects(objs, image_id)
