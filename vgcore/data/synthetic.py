@@ -638,13 +638,12 @@ def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = Fal
     """
     _check_scene_options(min_objects, max_objects, object_scale)
     records, images = [], {}
-    for rng, image_id, img, objs in _scenes(seed, _split_code(split, grec), min_objects, max_objects, object_scale):
+    code = _split_code(split, grec)
+    for rng, image_id, fname, img, objs in _scenes(seed, code, min_objects, max_objects, object_scale, image_format):
         if len(records) >= num:
             break
-        h, w = img.shape[:2]
-        fname = image_file_name(image_id, image_format)
         path = os.path.join(image_dir, fname) if image_dir else fname
-        recs = _records_for_image(rng, objs, image_id, split, w, h, grec, path)
+        recs = _records_for_image(rng, objs, image_id, split, img.shape[1], img.shape[0], grec, path)
         if not recs:
             continue
         recs = recs[: num - len(records)]
@@ -653,15 +652,16 @@ def make_records(num: int, seed: int = 0, split: str = "train", grec: bool = Fal
     return records, images
 
 
-def _scenes(seed: int, code: int, min_objects: int, max_objects: int, object_scale: float):
-    """The scene stream of one split: (rng, image_id, image, objects) of every kept scene, in order.  A scene
+def _scenes(seed: int, code: int, min_objects: int, max_objects: int, object_scale: float, image_format: str):
+    """The scene stream of one split: (rng, image_id, file name, image, objects) of every kept scene.  A scene
     is kept when at least ``min(min_objects, 2)`` shapes fit; ``rng`` continues the scene's own stream."""
     keep_at_least = min(min_objects, 2)
     for idx in range(1_000_000):
         rng = np.random.default_rng([int(seed), code, idx])
         img, objs = make_scene(rng, min_objects, max_objects, object_scale)
         if len(objs) >= keep_at_least:
-            yield rng, code * 1_000_000 + idx, img, objs  # all ids (image, ann, ref, sent) stay < 2**31
+            image_id = code * 1_000_000 + idx  # all ids (image, ann, ref, sent) stay < 2**31
+            yield rng, image_id, image_file_name(image_id, image_format), img, objs
     raise ValueError("synthetic: at most 1,000,000 images per split")
 
 
@@ -673,15 +673,13 @@ def make_scenes(num: int, seed: int = 0, split: str = "train", min_objects: int 
     `make_records` with the same arguments (same file names and images, without the expression draws)."""
     _check_scene_options(min_objects, max_objects, object_scale)
     records, images = [], {}
-    for _rng, image_id, img, objs in _scenes(seed, _split_code(split, False), min_objects, max_objects, object_scale):
-        if len(records) >= num:
-            break
-        h, w = img.shape[:2]
-        fname = image_file_name(image_id, image_format)
+    scenes = _scenes(seed, _split_code(split, False), min_objects, max_objects, object_scale, image_format)
+    while len(records) < num:
+        _rng, image_id, fname, img, objs = next(scenes)
         public = _public_objects(objs, image_id)
-        records.append(Record(fname, "", np.array([o["box"] for o in public], np.float32).reshape(-1, 4),
-                              image_id=image_id, height=h, width=w, dataset="synthetic", split=split,
-                              extra={"objects": public}))
+        boxes = np.array([o["box"] for o in public], np.float32).reshape(-1, 4)
+        records.append(Record(fname, "", boxes, image_id=image_id, height=img.shape[0], width=img.shape[1],
+                              dataset="synthetic", split=split, extra={"objects": public}))
         images[fname] = img
     return records, images
 
