@@ -70,8 +70,14 @@ def main(args: argparse.Namespace) -> dict:
     dist.configure_cpu_threads(device, 0)
     model = build_hivg(args)
     tower = model.vision.to(device).train()
-    for p in tower.parameters():
-        p.requires_grad_(True)
+    # exactly the CLIP base weights of the image tower train (and are saved): the bridges are skipped without
+    # text, and the LoRA adapters must stay at zero so the saved tower computes what was trained
+    base = {n for n in model.clip_parameter_names() if n.startswith("vision.")}
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in base)
+        if name in base:
+            params.append(p)
     opts = dict(min_objects=args.min_objects, max_objects=args.max_objects, object_scale=args.object_scale)
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     transform = build_transforms("hivg", train=False, imsize=args.imsize)
@@ -84,7 +90,7 @@ def main(args: argparse.Namespace) -> dict:
         hidden, _ = tower(img)  # no text: bridges skipped
         return hidden[-1][:, 1:]
 
-    res = pretrain_tags(features, tower.parameters(), train_set, steps=args.steps,
+    res = pretrain_tags(features, params, train_set, steps=args.steps,
                         batch_size=args.pretrain_batch_size, lr=args.pretrain_lr,
                         background_weight=args.background_weight, seed=args.seed, device=device,
                         warmup_steps=args.warmup_steps, schedule=args.pretrain_schedule,
@@ -95,7 +101,9 @@ def main(args: argparse.Namespace) -> dict:
     summary = {"steps": args.steps, "scenes": len(train_set), "fields": fields, "val_tag_accuracy": res["val"],
                "seconds": round(res["seconds"], 1), "scene_options": opts, "scene_seed": args.scene_seed}
     atomic_save({"format": MODEL_FORMAT, "model": clip, "config": model.cfg.to_dict(), "metrics": res["val"],
-                 "extra": {"kind": "hivg-tiny-clip (tag-pretrained vision tower)", **summary}}, args.out)
+                 "extra": {"kind": "hivg-tiny-clip (tag-pretrained vision tower)", **summary,
+                           "tag_heads": {k: v.detach().cpu() for k, v in res["heads"].state_dict().items()}}},
+                args.out)
     print(json.dumps(summary))
     return summary
 

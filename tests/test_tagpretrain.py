@@ -91,19 +91,27 @@ def test_tiny_tower_learns_colours_and_kinds():
     assert acc["kind"] > frozen_acc["kind"] + 0.05, (acc, frozen_acc)  # held-out scenes (measured 0.19 vs 0.07)
 
 
-def test_pretrain_tiny_file_loads_frozen_into_train(tmp_path):
+def test_pretrain_tiny_file_loads_frozen_into_train(tmp_path, monkeypatch):
     """hivg/pretrain_tiny.py writes CLIP weights that `--clip_dir` loads strictly; `--train_clip text` keeps
     the image tower's base weights frozen (bridges train), `all` trains it, the default `none` freezes both."""
     import hivg.pretrain_tiny as pt
     from hivg.common import build_hivg, load_pretrained
     from hivg.train import get_args_parser
 
+    trained = {}
+
+    def spy(features, params, *a, **kw):  # the parameters the tag pretraining updates
+        trained["params"] = list(params)
+        return pretrain_tags(features, trained["params"], *a, **kw)
+
+    monkeypatch.setattr(pt, "pretrain_tags", spy)
     out = tmp_path / "tiny_clip.pth"
     summary = pt.main(pt.get_args_parser().parse_args(
         TINY + ["--out", str(out), "--steps", "4", "--num_scenes", "16", "--val_scenes", "8",
                 "--pretrain_batch_size", "8", "--log_every", "2"]))
     assert set(summary["val_tag_accuracy"]) == {"kind", "color"}
-    saved = torch.load(out, weights_only=False)["model"]
+    obj = torch.load(out, weights_only=False)
+    saved = obj["model"]
     assert saved and all(k.startswith(("vision.", "text.", "text_projection", "visual_projection", "logit_scale"))
                          and ".bridge." not in k for k in saved)
 
@@ -125,6 +133,17 @@ def test_pretrain_tiny_file_loads_frozen_into_train(tmp_path):
     assert all(dict(built("all").named_parameters())[n].requires_grad for n in vision_base)
     none = dict(built(None).named_parameters())
     assert not none["text.token_embedding.weight"].requires_grad and not any(none[n].requires_grad for n in vision_base)
+    # exactly the saved (CLIP base) weights of the image tower train: no LoRA adapter or bridge, whose
+    # updates the file would drop
+    vision_saved = [v for k, v in saved.items() if k.startswith("vision.")]
+    assert sorted(tuple(p.shape) for p in trained["params"]) == sorted(tuple(v.shape) for v in vision_saved)
+    # the saved tower is the trained one: with the saved tag heads it reproduces the reported accuracy
+    heads = torch.nn.ModuleDict({f: torch.nn.Linear(64, len(TAG_CLASSES[f]) + 1) for f in ("kind", "color")})
+    heads.load_state_dict(obj["extra"]["tag_heads"])
+    vrecs, vimgs = scene_records(8, seed=1, split="val")
+    val = SceneTagDataset(vrecs, vimgs, build_transforms("hivg", train=False, imsize=64), 16)
+    again = tag_accuracy(lambda x: m.vision(x)[0][-1][:, 1:], heads, val, ("kind", "color"))
+    assert again == pytest.approx(summary["val_tag_accuracy"], abs=1e-6)
     # a file missing a tower parameter is refused, naming it
     broken = dict(saved)
     broken.pop("vision.ln_pre.weight")
