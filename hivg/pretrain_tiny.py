@@ -31,7 +31,7 @@ from hivg.lora import merge_lora
 from vgcore import dist
 from vgcore.checkpoint import atomic_save
 from vgcore.data.transforms import build_transforms
-from vgcore.tagpretrain import SceneTagDataset, pretrain_tags, scene_records, tag_accuracy
+from vgcore.tagpretrain import SceneTagDataset, make_scenes, pretrain_tags, tag_accuracy
 from vgcore.trainer import MODEL_FORMAT
 
 
@@ -88,8 +88,8 @@ def main(args: argparse.Namespace) -> dict:
     opts = dict(min_objects=args.min_objects, max_objects=args.max_objects, object_scale=args.object_scale)
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     transform = build_transforms("hivg", train=False, imsize=args.imsize)
-    recs, imgs = scene_records(args.num_scenes, seed=args.scene_seed, split="train", **opts)
-    vrecs, vimgs = scene_records(args.val_scenes, seed=args.scene_seed, split="val", **opts)
+    recs, imgs = make_scenes(args.num_scenes, seed=args.scene_seed, split="train", **opts)
+    vrecs, vimgs = make_scenes(args.val_scenes, seed=args.scene_seed, split="val", **opts)
     train_set = SceneTagDataset(recs, imgs, transform, tower.patch_size, fields, args.min_fraction)
     val_set = SceneTagDataset(vrecs, vimgs, transform, tower.patch_size, fields, args.min_fraction)
 
@@ -108,9 +108,10 @@ def main(args: argparse.Namespace) -> dict:
     if args.adapters == "merge":
         merge_lora(tower)
     elif args.adapters == "drop":
-        for name, p in tower.named_parameters():
-            if ".lora_b" in name:
-                p.data.zero_()  # the adapters leave no trace: the tower is the saved base weights
+        with torch.no_grad():  # the adapters leave no trace: the tower is the saved base weights
+            for name, p in tower.named_parameters():
+                if ".lora_b" in name:
+                    p.zero_()
     res["val"] = tag_accuracy(features, res["heads"], val_set, fields, device=device)  # the saved tower's
     sd = model.state_dict()
     clip = {k: sd[k].detach().cpu().clone() for k in model.clip_parameter_names()}

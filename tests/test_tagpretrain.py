@@ -6,20 +6,21 @@ import torch
 
 from vgcore.data.synthetic import TAG_CLASSES, scene_tag_maps
 from vgcore.data.transforms import build_transforms
-from vgcore.tagpretrain import SceneTagDataset, pretrain_tags, scene_records, tag_accuracy
+from vgcore.tagpretrain import SceneTagDataset, pretrain_tags, tag_accuracy
+from vgcore.tagpretrain import make_scenes
 
 TINY = ["--model", "tiny", "--dataset", "unc", "--imsize", "64", "--max_query_len", "12", "--normalize_before",
         "--enable_adaptive_weights"]
 
 
-def test_scene_records_one_per_scene_and_deterministic():
+def test_make_scenes_one_per_scene_and_deterministic():
     from vgcore.data.synthetic import make_records
 
-    recs, imgs = scene_records(30, seed=4)
+    recs, imgs = make_scenes(30, seed=4)
     assert len(recs) == 30 == len({r.image_path for r in recs}) == len(imgs)
-    again, _ = scene_records(30, seed=4)
+    again, _ = make_scenes(30, seed=4)
     assert [r.image_path for r in again] == [r.image_path for r in recs]
-    other, other_imgs = scene_records(30, seed=5)
+    other, other_imgs = make_scenes(30, seed=5)
     assert not np.array_equal(imgs[recs[0].image_path], other_imgs[other[0].image_path])
     # the scenes of make_records with the same arguments, objects included, without the expressions
     full, full_imgs = make_records(40, seed=4)
@@ -30,12 +31,12 @@ def test_scene_records_one_per_scene_and_deterministic():
         assert np.array_equal(full_imgs[r.image_path], imgs[r.image_path])
         assert r.extra["objects"] == by_name[r.image_path].extra["objects"]
     assert all(r.expression == "" and len(r.boxes) == len(r.extra["objects"]) for r in recs)
-    with pytest.raises(ValueError, match="num_scenes"):
-        scene_records(0)
+    with pytest.raises(ValueError, match="num must be"):
+        make_scenes(0)
 
 
 def test_dataset_labels_the_shapes_and_caches():
-    recs, imgs = scene_records(12, seed=4, object_scale=1.5)
+    recs, imgs = make_scenes(12, seed=4, object_scale=1.5)
     ds = SceneTagDataset(recs, imgs, build_transforms("hivg", train=False, imsize=128), patch=16,
                          fields=("kind", "color", "size"))
     assert ds.num_classes == {f: len(TAG_CLASSES[f]) + 1 for f in ("kind", "color", "size")}
@@ -68,8 +69,8 @@ def test_tiny_tower_learns_colours_and_kinds():
     from hivg.model import build_model
 
     torch.manual_seed(0)
-    recs, imgs = scene_records(96, seed=6, object_scale=1.5, max_objects=5)
-    vrecs, vimgs = scene_records(48, seed=6, split="val", object_scale=1.5, max_objects=5)
+    recs, imgs = make_scenes(96, seed=6, object_scale=1.5, max_objects=5)
+    vrecs, vimgs = make_scenes(48, seed=6, split="val", object_scale=1.5, max_objects=5)
     tf = build_transforms("hivg", train=False, imsize=128)
     train, val = SceneTagDataset(recs, imgs, tf, 16), SceneTagDataset(vrecs, vimgs, tf, 16)
 
@@ -141,7 +142,7 @@ def test_pretrain_tiny_file_loads_frozen_into_train(tmp_path, monkeypatch):
     # the saved tower is the trained one: with the saved tag heads it reproduces the reported accuracy
     heads = torch.nn.ModuleDict({f: torch.nn.Linear(64, len(TAG_CLASSES[f]) + 1) for f in ("kind", "color")})
     heads.load_state_dict(obj["extra"]["tag_heads"])
-    vrecs, vimgs = scene_records(8, seed=1, split="val")
+    vrecs, vimgs = make_scenes(8, seed=1, split="val")
     val = SceneTagDataset(vrecs, vimgs, build_transforms("hivg", train=False, imsize=64), 16)
     again = tag_accuracy(lambda x: m.vision(x)[0][-1][:, 1:], heads, val, ("kind", "color"))
     assert again == pytest.approx(summary["val_tag_accuracy"], abs=1e-6)

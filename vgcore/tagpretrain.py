@@ -8,7 +8,7 @@ evaluation transform, is labelled with the kind / colour / size of the shape tha
 (`vgcore.data.synthetic.scene_tag_maps` + `patch_tags`), and a linear probe per field on the tower's patch
 features is trained with cross-entropy.  Use scenes of a seed the grounding data does not use.
 
-    recs, images = scene_records(6000, seed=1)
+    recs, images = make_scenes(6000, seed=1)  # vgcore.data.synthetic, re-exported here
     train = SceneTagDataset(recs, images, build_transforms("hivg", train=False, imsize=128), patch=16)
     result = pretrain_tags(lambda x: tower(x)[0][-1][:, 1:], tower.parameters(), train, steps=3000)
 
@@ -31,16 +31,7 @@ import torch.nn.functional as F
 
 from .data.synthetic import TAG_CLASSES, make_scenes, patch_tags, scene_tag_maps
 
-__all__ = ["scene_records", "SceneTagDataset", "pretrain_tags", "tag_accuracy"]
-
-
-def scene_records(num_scenes: int, seed: int = 1, split: str = "train", **scene_options):
-    """``num_scenes`` synthetic scenes held in memory: (records, images), one record per scene with the shapes in
-    ``record.extra["objects"]`` (`vgcore.data.synthetic.make_scenes`).  ``scene_options``: min_objects,
-    max_objects, object_scale (see `vgcore.data.synthetic.make_records`)."""
-    if num_scenes < 1:
-        raise ValueError(f"scene_records: num_scenes must be >= 1, got {num_scenes}")
-    return make_scenes(int(num_scenes), seed=seed, split=split, **scene_options)
+__all__ = ["make_scenes", "SceneTagDataset", "pretrain_tags", "tag_accuracy"]
 
 
 class SceneTagDataset(torch.utils.data.Dataset):

@@ -671,6 +671,8 @@ def make_scenes(num: int, seed: int = 0, split: str = "train", min_objects: int 
     pretraining): (records, images), one `Record` per scene with an empty expression, ``boxes`` = every
     shape's box, and ``extra["objects"]`` as in `make_records`.  The scenes come from the random stream of
     `make_records` with the same arguments (same file names and images, without the expression draws)."""
+    if num < 1:
+        raise ValueError(f"make_scenes: num must be >= 1, got {num}")
     _check_scene_options(min_objects, max_objects, object_scale)
     records, images = [], {}
     scenes = _scenes(seed, _split_code(split, False), min_objects, max_objects, object_scale, image_format)
