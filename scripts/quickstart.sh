@@ -17,7 +17,8 @@
 # terms in the shared weights of a random-init model); the tiny preset (width 64, 4 fusion layers) uses sine
 # position tables.  Measured on 2 cores: 7.5 min, val Acc@0.5 73.6% (hivg/README.md, "Learning diagnosis, session 7").
 # Usage: bash scripts/quickstart.sh [--dry-run]
-#   env: OUT (default ./outputs/quickstart), EPOCHS, NUM_TRAIN, PRETRAIN_STEPS, SCENE_FLAGS
+#   env: OUT (default ./outputs/quickstart), EPOCHS, NUM_TRAIN, PRETRAIN_STEPS, SCENE_FLAGS, SEED (model init and
+#   data order of pretraining and training; default 13, the official --seed)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 vg_init "$@"
@@ -25,6 +26,7 @@ OUT=${OUT:-./outputs/quickstart}
 EPOCHS=${EPOCHS:-6}
 NUM_TRAIN=${NUM_TRAIN:-6000}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-3000}
+SEED=${SEED:-13}
 SCENE_FLAGS=${SCENE_FLAGS---object-scale 1.8 --max-objects 5}
 read -r -a SCENE <<< "$SCENE_FLAGS"  # generator options; pretrain_tiny.py takes the same ones
 QS_DEVICE=${QS_DEVICE:-cpu}  # CPU by default (the machine-wide DEVICE of scripts/lib.sh is cuda)
@@ -43,9 +45,9 @@ MODEL_FLAGS=(--model tiny --dataset unc --imsize 128 --max_query_len 20 --normal
 
 run python -m vgcore.data.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
     --formats transvg "${SCENE[@]+"${SCENE[@]}"}"
-run python hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS" "${SCENE[@]+"${SCENE[@]}"}" --device "$QS_DEVICE" \
+run python hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS" --seed "$SEED" "${SCENE[@]+"${SCENE[@]}"}" --device "$QS_DEVICE" \
     --out "$OUT/tiny_clip.pth"
-run "${TRAIN[@]}" hivg/train.py "${MODEL_FLAGS[@]}" --clip_dir "$OUT/tiny_clip.pth" --train_clip text \
+run "${TRAIN[@]}" hivg/train.py "${MODEL_FLAGS[@]}" --clip_dir "$OUT/tiny_clip.pth" --train_clip text --seed "$SEED" \
     --split_root "$DATA/split/data" --image_root "$DATA/images" \
     --batch_size "$BATCH" --lr 1e-3 --epochs "$EPOCHS" --lr_scheduler cosine --lr_interval step --warmup_steps 50 \
     --vl_dropout 0 --use_rtcc_constrain_loss --use_mask_loss --align_focal_coef 1 --seg_focal_coef 1 \
