@@ -10,9 +10,12 @@ and writes the CLIP weights as a file that ``hivg/train.py --clip_dir FILE`` loa
     python hivg/train.py --model tiny ... --clip_dir tiny_clip.pth --train_clip text ...
 
 ``--train_clip text`` then keeps the pretrained image tower frozen, as the official recipe keeps CLIP, and
-trains the (untrained) tiny text tower with the rest.  The scenes come from ``--scene_seed`` (default 1), not
-the grounding data's seed 0, so no val or test image is seen here.  The text tower is left at its
-initialisation.
+trains the tiny text tower with the rest.  With ``--text_steps N`` the text tower's CLIP base weights are
+pretrained too, for N steps, to say what a synthetic expression says (the head noun phrase's kind / colour /
+size, the expression type, the direction, the ordinal and the anchor: `vgcore.tagpretrain.program_tags`, read
+off the pooled EOT feature): the stand-in for the text half of CLIP pretraining.  Without it the text tower is
+left at its initialisation.  Scenes and expressions come from ``--scene_seed`` (default 1), not the grounding
+data's seed 0, so no val or test image or expression is seen here.
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ from hivg.lora import merge_lora
 from vgcore import dist
 from vgcore.checkpoint import atomic_save
 from vgcore.data.transforms import build_transforms
-from vgcore.tagpretrain import SceneTagDataset, make_scenes, pretrain_tags, tag_accuracy
+from vgcore.tagpretrain import (ExpressionTagDataset, SceneTagDataset, make_records, make_scenes, pretrain_tags,
+                                pretrain_text_tags, tag_accuracy)
+from vgcore.text import build_tokenizer
 from vgcore.trainer import MODEL_FORMAT
 
 
@@ -58,6 +63,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "with the base weights and saves the base weights only; 'merge' folds them in; 'none' keeps "
                         "them out of training. Measured (hivg/README.md, session 7): the quickstart reaches 73.6%% "
                         "with drop, 44.4%% with merge, 37.2%% with none; why is not understood yet")
+    g.add_argument("--text_steps", type=int, default=0,
+                   help="then train the text tower's CLIP base weights for this many steps to say what a synthetic "
+                        "expression says (head noun phrase, type, direction, anchor: vgcore.tagpretrain.program_tags); "
+                        "0 leaves it at its initialisation")
+    g.add_argument("--text_records", type=int, default=6000, help="training expressions (scene seed --scene_seed)")
+    g.add_argument("--text_batch_size", type=int, default=64)
+    g.add_argument("--text_lr", type=float, default=1e-3)
     g.add_argument("--seed", type=int, default=13)
     g.add_argument("--device", default="cpu")
     g.add_argument("--log_every", type=int, default=100)
@@ -66,6 +78,34 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--pretrain_schedule", default="cosine", choices=["cosine", "constant"],
                    help="after the warm-up: cosine decay to 0, or a constant lr")
     return p
+
+
+def pretrain_text(model, args, opts: dict, device) -> dict:
+    """Train the text tower's CLIP base weights (not its LoRA adapters) on `program_tags` of synthetic
+    expressions of ``--scene_seed``; the pooled (EOT) feature feeds one linear head per field."""
+    tower = model.text.to(device).train()
+    trained = {n for n, _ in tower.named_parameters() if ".lora_" not in n}
+    params = []
+    for name, p in tower.named_parameters():
+        p.requires_grad_(name in trained)
+        if name in trained:
+            params.append(p)
+    tokenizer = build_tokenizer("clip", max_len=args.max_query_len)
+    recs, _ = make_records(args.text_records, seed=args.scene_seed, split="train", **opts)
+    vrecs, _ = make_records(max(args.val_scenes, 1), seed=args.scene_seed, split="val", **opts)
+    train_set, val_set = ExpressionTagDataset(recs, tokenizer), ExpressionTagDataset(vrecs, tokenizer)
+
+    def encode(ids, mask):
+        return tower(ids)[2]  # pooled at the EOT token, as CLIP pools (no padding mask: causal)
+
+    res = pretrain_text_tags(encode, params, train_set, steps=args.text_steps, batch_size=args.text_batch_size,
+                             lr=args.text_lr, seed=args.seed, device=device, val_dataset=val_set, log=print,
+                             log_every=args.log_every)
+    tower.eval()
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    print(f"text tags on held-out expressions: " + ", ".join(f"{k} {v:.3f}" for k, v in res["val"].items()))
+    return res
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -113,11 +153,15 @@ def main(args: argparse.Namespace) -> dict:
                 if ".lora_b" in name:
                     p.zero_()
     res["val"] = tag_accuracy(features, res["heads"], val_set, fields, device=device)  # the saved tower's
+    text_res = pretrain_text(model, args, opts, device) if args.text_steps > 0 else None
     sd = model.state_dict()
     clip = {k: sd[k].detach().cpu().clone() for k in model.clip_parameter_names()}
     summary = {"steps": args.steps, "scenes": len(train_set), "fields": fields, "adapters": args.adapters,
                "val_tag_accuracy": res["val"], "val_tag_accuracy_with_adapters": with_adapters,
-               "seconds": round(res["seconds"], 1), "scene_options": opts, "scene_seed": args.scene_seed}
+               "seconds": round(res["seconds"], 1), "scene_options": opts, "scene_seed": args.scene_seed,
+               "text_steps": args.text_steps}
+    if text_res is not None:
+        summary.update(val_text_tag_accuracy=text_res["val"], text_seconds=round(text_res["seconds"], 1))
     atomic_save({"format": MODEL_FORMAT, "model": clip, "config": model.cfg.to_dict(), "metrics": res["val"],
                  "extra": {"kind": "hivg-tiny-clip (tag-pretrained vision tower)", **summary,
                            "tag_heads": {k: v.detach().cpu() for k, v in res["heads"].state_dict().items()}}},

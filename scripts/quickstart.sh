@@ -26,6 +26,7 @@ OUT=${OUT:-./outputs/quickstart}
 EPOCHS=${EPOCHS:-6}
 NUM_TRAIN=${NUM_TRAIN:-6000}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-3000}
+TEXT_STEPS=${TEXT_STEPS:-0}
 SEED=${SEED:-13}
 SCENE_FLAGS=${SCENE_FLAGS---object-scale 1.8 --max-objects 5}
 read -r -a SCENE <<< "$SCENE_FLAGS"  # generator options; pretrain_tiny.py takes the same ones
@@ -45,7 +46,7 @@ MODEL_FLAGS=(--model tiny --dataset unc --imsize 128 --max_query_len 20 --normal
 
 run python -m vgcore.data.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
     --formats transvg "${SCENE[@]+"${SCENE[@]}"}"
-run python hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS" --seed "$SEED" "${SCENE[@]+"${SCENE[@]}"}" --device "$QS_DEVICE" \
+run python hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" --seed "$SEED" "${SCENE[@]+"${SCENE[@]}"}" --device "$QS_DEVICE" \
     --out "$OUT/tiny_clip.pth"
 run "${TRAIN[@]}" hivg/train.py "${MODEL_FLAGS[@]}" --clip_dir "$OUT/tiny_clip.pth" --train_clip text --seed "$SEED" \
     --split_root "$DATA/split/data" --image_root "$DATA/images" \

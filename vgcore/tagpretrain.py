@@ -29,9 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.synthetic import TAG_CLASSES, make_scenes, patch_tags, scene_tag_maps
+from .data.synthetic import COLORS, KINDS, SIZES, TAG_CLASSES, make_records, make_scenes, patch_tags, scene_tag_maps
 
-__all__ = ["make_scenes", "SceneTagDataset", "pretrain_tags", "tag_accuracy"]
+__all__ = ["make_scenes", "make_records", "SceneTagDataset", "pretrain_tags", "tag_accuracy", "TEXT_TAG_CLASSES",
+           "program_tags", "ExpressionTagDataset", "pretrain_text_tags", "text_tag_accuracy"]
 
 
 class SceneTagDataset(torch.utils.data.Dataset):
@@ -180,4 +181,126 @@ def pretrain_tags(features: Callable[[torch.Tensor], torch.Tensor], params: Iter
     out = {"heads": heads, "history": history, "seconds": time.time() - t0}
     if val_dataset is not None:
         out["val"] = tag_accuracy(features, heads, val_dataset, fields, device=device)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ text towers
+
+TEXT_TAG_CLASSES = {  # label 0 = not said, i + 1 = class i
+    "kind": KINDS, "color": tuple(COLORS), "size": SIZES,
+    "expr_type": ("attr", "extreme", "ordinal", "rel", "set"),
+    "dir": ("left", "right", "top", "bottom", "above", "below"),
+    "ordinal": (2, 3),
+    "anchor_kind": KINDS, "anchor_color": tuple(COLORS), "anchor_size": SIZES,
+}
+
+
+def program_tags(program: dict, fields: Sequence[str] = tuple(TEXT_TAG_CLASSES)) -> list:
+    """Labels of one expression's program (``Record.extra["program"]`` of the synthetic data): per field the
+    class index + 1 of what the expression says (head noun phrase: kind / color / size; the program type; the
+    direction of an extreme, ordinal or relation; the ordinal; the anchor's kind / color / size), 0 when it
+    does not say it."""
+    np_, anchor = program.get("np") or {}, program.get("anchor") or {}
+    said = {"kind": np_.get("kind"), "color": np_.get("color"), "size": np_.get("size"),
+            "expr_type": program.get("type"), "dir": program.get("dir", program.get("rel")),
+            "ordinal": program.get("k"), "anchor_kind": anchor.get("kind"),
+            "anchor_color": anchor.get("color"), "anchor_size": anchor.get("size")}
+    out = []
+    for f in fields:
+        classes = TEXT_TAG_CLASSES[f]
+        v = said[f]
+        if v is not None and v not in classes:
+            raise ValueError(f"program_tags: {f} = {v!r} is not one of {classes} (program {program})")
+        out.append(0 if v is None else classes.index(v) + 1)
+    return out
+
+
+class ExpressionTagDataset(torch.utils.data.Dataset):
+    """One sample per expression: (token ids [L] long, labels [len(fields)] long) from synthetic records
+    (`make_records`), tokenised once with ``tokenizer(texts) -> (ids [B, L], mask)``."""
+
+    def __init__(self, records: Sequence, tokenizer: Callable, fields: Sequence[str] = tuple(TEXT_TAG_CLASSES)):
+        bad = [f for f in fields if f not in TEXT_TAG_CLASSES]
+        if bad:
+            raise ValueError(f"ExpressionTagDataset: unknown fields {bad}; choose from {list(TEXT_TAG_CLASSES)}")
+        labels = []
+        for i, r in enumerate(records):
+            prog = r.extra.get("program") if isinstance(r.extra, dict) else None
+            if prog is None:
+                raise ValueError(f"ExpressionTagDataset: record {i} ({r.image_path}, {r.expression!r}) has no "
+                                 f"extra['program'] (synthetic records from make_records carry one)")
+            labels.append(program_tags(prog, fields))
+        self.fields = tuple(fields)
+        self.ids, self.mask = tokenizer([r.expression for r in records])
+        self.labels = torch.tensor(labels, dtype=torch.long)
+
+    @property
+    def num_classes(self) -> Dict[str, int]:
+        return {f: len(TEXT_TAG_CLASSES[f]) + 1 for f in self.fields}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.ids[i], self.mask[i], self.labels[i]
+
+
+@torch.no_grad()
+def text_tag_accuracy(encode: Callable, heads: nn.ModuleDict, dataset: ExpressionTagDataset,
+                      batch_size: int = 256, device="cpu") -> Dict[str, float]:
+    """Per field: accuracy over all expressions (the 'not said' class included)."""
+    right = torch.zeros(len(dataset.fields))
+    for s in range(0, len(dataset), batch_size):
+        feats = encode(dataset.ids[s:s + batch_size].to(device), dataset.mask[s:s + batch_size].to(device))
+        for j, f in enumerate(dataset.fields):
+            right[j] += (heads[f](feats).argmax(-1).cpu() == dataset.labels[s:s + batch_size, j]).sum()
+    return {f: float(right[j]) / max(len(dataset), 1) for j, f in enumerate(dataset.fields)}
+
+
+def pretrain_text_tags(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                       params: Iterable[torch.nn.Parameter], dataset: ExpressionTagDataset, *, steps: int,
+                       batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 50,
+                       seed: int = 0, device="cpu", val_dataset: Optional[ExpressionTagDataset] = None,
+                       log: Optional[Callable[[str], None]] = None, log_every: int = 100) -> dict:
+    """Train the text tower behind ``encode`` (ids [B, L], mask [B, L] -> pooled features [B, D]) to say what an
+    expression says (`program_tags`): one linear head per field on the pooled feature, cross-entropy, AdamW with
+    a linear warm-up then cosine decay to 0.  Returns {"heads", "history", "val" (with ``val_dataset``),
+    "seconds"}."""
+    if steps < 1:
+        raise ValueError(f"pretrain_text_tags: steps must be >= 1, got {steps}")
+    with torch.no_grad():
+        dim = int(encode(dataset.ids[:1].to(device), dataset.mask[:1].to(device)).shape[-1])
+    heads = nn.ModuleDict({f: nn.Linear(dim, n) for f, n in dataset.num_classes.items()}).to(device)
+    params = [p for p in params if p.requires_grad] + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup_steps if s < warmup_steps else
+                                              0.5 * (1 + math.cos(math.pi * (s - warmup_steps)
+                                                                  / max(steps - warmup_steps, 1))))
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen)
+    if len(loader) == 0:
+        raise ValueError(f"pretrain_text_tags: {len(dataset)} expressions do not fill one batch of {batch_size}")
+    history, running, t0, step = [], 0.0, time.time(), 0
+    while step < steps:
+        for ids, mask, lab in loader:
+            feats = encode(ids.to(device), mask.to(device))
+            lab = lab.to(device)
+            loss = sum(F.cross_entropy(heads[f](feats), lab[:, j]) for j, f in enumerate(dataset.fields))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item()
+            step += 1
+            if step % log_every == 0 or step == steps:
+                n = log_every if step % log_every == 0 else step % log_every
+                history.append({"step": step, "loss": running / n})
+                if log is not None:
+                    log(f"text tag pretraining step {step}/{steps}: loss {running / n:.4f} ({time.time() - t0:.0f} s)")
+                running = 0.0
+            if step >= steps:
+                break
+    out = {"heads": heads, "history": history, "seconds": time.time() - t0}
+    if val_dataset is not None:
+        out["val"] = text_tag_accuracy(encode, heads, val_dataset, device=device)
     return out
