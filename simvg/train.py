@@ -48,7 +48,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_selection_args(p)
     g = p.add_argument_group("initialisation")
     g.add_argument("--beit3_ckpt", default="", help="BEiT-3 pretrained weights (default ./checkpoints/beit3/"
-                   "beit3_{base,large}_patch16_224.pth; not used by --backbone tiny)")
+                   "beit3_{base,large}_patch16_224.pth; --backbone tiny: none unless given, e.g. the output of "
+                   "simvg/pretrain_tiny.py)")
     g.add_argument("--load_from", default="", help="model weights only (twostage_2: the stage-1 det_best.pth)")
     g.add_argument("--finetune_from", default="", help="model weights only, best reset (finetune / distill)")
     g.add_argument("--resume", default="", help="exact resume from <output_dir>/latest.pth (checkpoint.pth)")
@@ -131,6 +132,11 @@ def main(args: argparse.Namespace) -> dict:
         pass  # everything comes from the checkpoint (fit)
     elif args.finetune_from or args.load_from:
         load_weights_into(model, args.finetune_from or args.load_from, logger)
+    elif args.backbone == "tiny" and args.beit3_ckpt:  # simvg/pretrain_tiny.py output (official layout)
+        if not os.path.isfile(args.beit3_ckpt):
+            raise FileNotFoundError(f"--beit3_ckpt {args.beit3_ckpt} does not exist")
+        rep = model.load_pretrained_backbone(args.beit3_ckpt)
+        logger.info(f"tiny BEiT-3 weights from {args.beit3_ckpt} (strict): {rep}")
     elif args.backbone != "tiny":
         ckpt = args.beit3_ckpt or f"./checkpoints/beit3/{args.backbone}_patch16_224.pth"
         if os.path.isfile(ckpt):
