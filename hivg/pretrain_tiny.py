@@ -1,4 +1,4 @@
-"""Pretrain the tiny preset's CLIP image tower on dense synthetic tags (a stand-in for CLIP pretraining).
+"""Pretrain the tiny preset's CLIP towers on synthetic tags (a stand-in for CLIP pretraining).
 
 HiVG starts from a pretrained CLIP and keeps its base weights frozen (stage 0 trains the bridges, the fusion
 encoder and the heads).  The tiny preset has no such weights offline, and from random initialisation its
@@ -6,15 +6,18 @@ vision tower does not learn the shape kinds within a CPU budget (hivg/README.md,
 6").  This script trains the tower alone on per-patch kind/colour labels of synthetic scenes (`vgcore.tagpretrain`)
 and writes the CLIP weights as a file that ``hivg/train.py --clip_dir FILE`` loads like any pretrained CLIP:
 
-    python hivg/pretrain_tiny.py --model tiny --imsize 128 --max_query_len 20 --steps 3000 --out tiny_clip.pth
-    python hivg/train.py --model tiny ... --clip_dir tiny_clip.pth --train_clip text ...
+    python hivg/pretrain_tiny.py --model tiny --imsize 128 --max_query_len 20 --steps 3000 --text_steps 400 \
+        --out tiny_clip.pth
+    python hivg/train.py --model tiny ... --clip_dir tiny_clip.pth ...
 
-``--train_clip text`` then keeps the pretrained image tower frozen, as the official recipe keeps CLIP, and
-trains the tiny text tower with the rest.  With ``--text_steps N`` the text tower's CLIP base weights are
-pretrained too, for N steps, to say what a synthetic expression says (the head noun phrase's kind / colour /
-size, the expression type, the direction, the ordinal and the anchor: `vgcore.tagpretrain.program_tags`, read
-off the pooled EOT feature): the stand-in for the text half of CLIP pretraining.  Without it the text tower is
-left at its initialisation.  Scenes and expressions come from ``--scene_seed`` (default 1), not the grounding
+With ``--text_steps N`` the text tower's CLIP base weights are pretrained too, for N steps, to say what a
+synthetic expression says (the head noun phrase's kind / colour / size, the expression type, the direction, the
+ordinal and the anchor: `vgcore.tagpretrain.program_tags`, read off the pooled EOT feature): the stand-in for the
+text half of CLIP pretraining.  ``hivg/train.py`` then keeps both towers frozen (its default ``--train_clip
+none``), as the official stage 0 keeps CLIP, and trains the bridges, the fusion encoder and the heads: this is
+the quickstart's recipe (hivg/README.md, "Learning diagnosis, session 11").  Without ``--text_steps`` the text
+tower is left at its initialisation and has to learn in the grounding run (``--train_clip text``), which is
+slower and less reliable.  Scenes and expressions come from ``--scene_seed`` (default 1), not the grounding
 data's seed 0, so no val or test image or expression is seen here.
 """
 from __future__ import annotations
