@@ -64,11 +64,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--pretrain_lr", type=float, default=6e-3)
     p.add_argument("--background_weight", type=float, default=0.1, help="cross-entropy weight of background patches")
     p.add_argument("--min_fraction", type=float, default=0.3, help="share of a patch a shape must cover to label it")
-    p.add_argument("--warmup_steps", type=int, default=50)
+    p.add_argument("--warmup_steps", type=int, default=500,
+                   help="linear warm-up steps of the image phase (simvg/README.md, 'Tag pretraining')")
     p.add_argument("--position_std", type=float, default=0.02,
                    help="re-draw both position tables N(0, std) before pretraining; <= 0 keeps the official N(0, 1), "
                         "which at width 128 is ~11x the token embeddings (N(0, D^-0.5)) and drowns them: 150 text steps "
                         "give kind 33.5%% with it, 99.5%% at 0.02 (simvg/README.md)")
+    p.add_argument("--tag_features", choices=["residual", "output"], default="residual",
+                   help="image phase: read the patch features off the residual stream after the last layer "
+                        "('residual', as hivg/pretrain_tiny.py reads CLIP before ln_post; the final LayerNorm then keeps "
+                        "its init) or after the final multiway LayerNorm ('output', what SimVG consumes).  Measured "
+                        "(simvg/README.md): 'output' stalls the kinds at chance")
     p.add_argument("--text_steps", type=int, default=0, help="text-phase steps (0: the text path keeps its init)")
     p.add_argument("--text_records", type=int, default=6000)
     p.add_argument("--text_batch_size", type=int, default=64)
@@ -122,9 +128,15 @@ def main(args: argparse.Namespace) -> dict:
     val_set = SceneTagDataset(vrecs, vimgs, transform, patch, fields, args.min_fraction)
 
     def features(img):
-        return beit3(image=img)["img_tokens"]
+        if args.tag_features == "output":
+            return beit3(image=img)["img_tokens"]
+        return beit3(image=img, return_hidden=True)["hidden"][-1][:, 1:]
 
-    res = pretrain_tags(features, _train_only(beit3, vision_parameter), train_set, steps=args.steps,
+    def image_phase(name):
+        return vision_parameter(name) and not (args.tag_features == "residual"
+                                               and name.startswith("encoder.layer_norm.A."))
+
+    res = pretrain_tags(features, _train_only(beit3, image_phase), train_set, steps=args.steps,
                         batch_size=args.pretrain_batch_size, lr=args.pretrain_lr,
                         background_weight=args.background_weight, seed=args.seed, device=device,
                         warmup_steps=args.warmup_steps, val_dataset=val_set if args.val_every else None,
@@ -134,7 +146,8 @@ def main(args: argparse.Namespace) -> dict:
     print("image tags on held-out scenes: " + ", ".join(f"{k} {v:.3f}" for k, v in res["val"].items()))
     summary = {"steps": args.steps, "scenes": len(train_set), "fields": fields, "val_tag_accuracy": res["val"],
                "seconds": round(res["seconds"], 1), "scene_options": opts, "scene_seed": args.scene_seed,
-               "text_steps": args.text_steps, "vocab_size": tokenizer.vocab_size, "position_std": args.position_std}
+               "text_steps": args.text_steps, "vocab_size": tokenizer.vocab_size, "position_std": args.position_std,
+               "tag_features": args.tag_features}
 
     if args.text_steps > 0:
         beit3.train()

@@ -42,8 +42,8 @@ def test_pretrain_tiny_trains_each_path_and_train_loads_it(spm, tmp_path):
     for k, v in raw["model"].items():
         name = k[len("beit3."):]
         changed = not torch.equal(v, init[name])
-        if name.endswith("mask_token"):
-            assert not changed
+        if name.endswith("mask_token") or name.startswith("encoder.layer_norm.A."):
+            assert not changed, name  # unused / after the residual features the image phase reads
         elif pt.vision_parameter(name) or pt.text_parameter(name):
             assert changed, name  # each phase trained its whole path
         assert not (pt.vision_parameter(name) and pt.text_parameter(name)), name
