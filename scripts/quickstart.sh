@@ -36,9 +36,8 @@ SCENE_FLAGS=${SCENE_FLAGS---object-scale 1.8 --max-objects 5}
 read -r -a SCENE <<< "$SCENE_FLAGS"  # generator options; pretrain_tiny.py takes the same ones
 QS_DEVICE=${QS_DEVICE:-cpu}  # CPU by default (the machine-wide DEVICE of scripts/lib.sh is cuda)
 # training runs as QS_NPROC processes (torch.distributed.run, gloo on the CPU, one thread each; the global batch
-# stays 32): on 2 cores an epoch takes ~34 s with both towers frozen (~53 s, against ~60 s for one process with 2
-# threads, when the text tower trains).  QS_NPROC=1: plain
-# `python`.
+# stays 32): on 2 cores an epoch takes ~34 s with both towers frozen (~53 s when the text tower trains, against
+# ~60 s for one process with 2 threads).  QS_NPROC=1: plain `python`.
 QS_NPROC=${QS_NPROC:-2}
 if [ "$QS_NPROC" -gt 1 ]; then
     TRAIN=(python -m torch.distributed.run --standalone --nproc_per_node="$QS_NPROC")

@@ -132,11 +132,8 @@ def main(args: argparse.Namespace) -> dict:
             return beit3(image=img)["img_tokens"]
         return beit3(image=img, return_hidden=True)["hidden"][-1][:, 1:]
 
-    def image_phase(name):
-        return vision_parameter(name) and not (args.tag_features == "residual"
-                                               and name.startswith("encoder.layer_norm.A."))
-
-    res = pretrain_tags(features, _train_only(beit3, image_phase), train_set, steps=args.steps,
+    # with 'residual' the final LayerNorm gets no gradient, so the optimizer leaves it at its init
+    res = pretrain_tags(features, _train_only(beit3, vision_parameter), train_set, steps=args.steps,
                         batch_size=args.pretrain_batch_size, lr=args.pretrain_lr,
                         background_weight=args.background_weight, seed=args.seed, device=device,
                         warmup_steps=args.warmup_steps, val_dataset=val_set if args.val_every else None,
