@@ -39,8 +39,8 @@ from simvg.model import build_model
 from vgcore import dist
 from vgcore.checkpoint import atomic_save
 from vgcore.data.transforms import build_transforms
-from vgcore.tagpretrain import (ExpressionTagDataset, SceneTagDataset, make_records, make_scenes, pretrain_tags,
-                                pretrain_text_tags, tag_accuracy)
+from vgcore.tagpretrain import (ExpressionTagDataset, ImageTextDataset, SceneTagDataset, make_records, make_scenes,
+                                pretrain_masked_text, pretrain_tags, pretrain_text_tags, tag_accuracy)
 from vgcore.text import build_tokenizer
 
 
@@ -59,7 +59,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--min_objects", "--min-objects", type=int, default=3)
     p.add_argument("--max_objects", "--max-objects", type=int, default=8)
     p.add_argument("--object_scale", "--object-scale", type=float, default=1.0)
-    p.add_argument("--fields", default="kind,color", help="comma list of kind,color,size")
+    p.add_argument("--fields", default="kind,color,row,col",
+                   help="comma list of kind,color,size (what covers the patch) and row,col (where the patch is: "
+                        "keeps the position table in the features, simvg/README.md 'Tag pretraining')")
     p.add_argument("--pretrain_batch_size", type=int, default=16)
     p.add_argument("--pretrain_lr", type=float, default=6e-3)
     p.add_argument("--background_weight", type=float, default=0.1, help="cross-entropy weight of background patches")
@@ -79,6 +81,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--text_records", type=int, default=6000)
     p.add_argument("--text_batch_size", type=int, default=64)
     p.add_argument("--text_lr", type=float, default=1e-3)
+    p.add_argument("--joint_steps", type=int, default=0,
+                   help="joint-phase steps (0: none): masked language modelling on image-text pairs, every weight "
+                        "trains (BEiT-3's vision-language pretraining; teaches the attention between the modalities)")
+    p.add_argument("--joint_records", type=int, default=6000)
+    p.add_argument("--joint_batch_size", type=int, default=32)
+    p.add_argument("--joint_lr", type=float, default=1e-3)
+    p.add_argument("--joint_mask_prob", type=float, default=0.5, help="share of text tokens masked (BEiT-3: 50%%)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--device", default="cpu")
     p.add_argument("--log_every", type=int, default=100)
@@ -164,6 +173,28 @@ def main(args: argparse.Namespace) -> dict:
         beit3.eval()
         print("text tags on held-out expressions: " + ", ".join(f"{k} {v:.3f}" for k, v in tres["val"].items()))
         summary.update(val_text_tag_accuracy=tres["val"], text_seconds=round(tres["seconds"], 1))
+
+    if args.joint_steps > 0:
+        beit3.train()
+        jrecs, jimgs = make_records(args.joint_records, seed=args.scene_seed, split="train", **opts)
+        jvrecs, jvimgs = make_records(max(args.val_scenes, 1), seed=args.scene_seed, split="val", **opts)
+        jtrain = ImageTextDataset(jrecs, jimgs, transform, tokenizer)
+        jval = ImageTextDataset(jvrecs, jvimgs, transform, tokenizer)
+
+        def joint(img, ids, mask):  # mask: True = token; the text outputs of the joint forward
+            return beit3(image=img, text_ids=ids, text_padding_mask=~mask.bool())["text_tokens"]
+
+        jres = pretrain_masked_text(joint, _train_only(beit3, lambda name: True), jtrain, steps=args.joint_steps,
+                                    vocab_size=tokenizer.vocab_size, mask_id=tokenizer.vocab_size - 1,
+                                    mask_prob=args.joint_mask_prob, batch_size=args.joint_batch_size,
+                                    lr=args.joint_lr, seed=args.seed, device=device, val_dataset=jval, log=print,
+                                    log_every=args.log_every)
+        beit3.eval()
+        print(f"masked text tokens on held-out pairs: {jres['val']:.3f} ({jres['val_shuffled_images']:.3f} "
+              f"with the images shuffled)")
+        summary.update(joint_steps=args.joint_steps, val_masked_text_accuracy=jres["val"],
+                       val_masked_text_accuracy_shuffled_images=jres["val_shuffled_images"],
+                       joint_seconds=round(jres["seconds"], 1))
 
     for p in beit3.parameters():
         p.requires_grad_(False)

@@ -56,7 +56,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_arch_args(p)
     g = p.add_argument_group("optimisation (None = preset)")
     g.add_argument("--lr", type=float, default=None, help="head lr")
-    g.add_argument("--lr_vis_enc_mult", type=float, default=None, help="BEiT-3 lr = lr x this (0.1)")
+    g.add_argument("--lr_vis_enc_mult", type=float, default=None, help="BEiT-3 lr = lr x this (0.1; 0 freezes BEiT-3)")
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--warmup_epochs", type=int, default=None, help="factor (e+1)/(W+1) for epochs e < W")
     g.add_argument("--decay_steps", type=int, nargs="+", default=None, help="lr x decay_ratio when e+1 >= each")
@@ -164,7 +164,9 @@ def main(args: argparse.Namespace) -> dict:
     rules = [(r"^beit3\.", {"lr_mult": args.lr_vis_enc_mult})]
     if args.head_lr_mult != 1.0:
         rules.append((r"^head\.", {"lr_mult": args.head_lr_mult}))
-    groups = build_param_groups(model, args.lr, args.weight_decay, rules=rules)
+    # --lr_vis_enc_mult 0 freezes BEiT-3 (not an official setting: the tiny synthetic recipes use it)
+    freeze = [r"^beit3\."] if args.lr_vis_enc_mult == 0 else []
+    groups = build_param_groups(model, args.lr, args.weight_decay, rules=rules, freeze=freeze)
     logger.info(describe_param_groups(groups))
     optimizer = build_optimizer("adam", groups, args.lr, args.weight_decay, betas=(0.9, 0.98), eps=1e-9,
                                 amsgrad=True)

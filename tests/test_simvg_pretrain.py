@@ -65,6 +65,33 @@ def test_pretrain_tiny_trains_each_path_and_train_loads_it(spm, tmp_path):
     main(get_args_parser().parse_args(common + ["--beit3_ckpt", str(out), "--output_dir", str(tmp_path / "run")]))
     log = (tmp_path / "run" / "log.txt").read_text()
     assert f"tiny BEiT-3 weights from {out}" in log
+    # --lr_vis_enc_mult 0 freezes BEiT-3: the trained model keeps the pretrained backbone, the head moves
+    main(get_args_parser().parse_args(common + ["--beit3_ckpt", str(out), "--output_dir", str(tmp_path / "frz"),
+                                                "--lr_vis_enc_mult", "0"]))
+    trained = torch.load(tmp_path / "frz" / "checkpoint.pth", weights_only=False)["model"]
+    assert all(torch.equal(trained[k], v) for k, v in raw["model"].items())
+    frz_log = (tmp_path / "frz" / "log.txt").read_text()
+    assert "^beit3" in log and "^beit3" not in frz_log  # no optimizer group for the frozen backbone
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(get_args_parser().parse_args(common + ["--beit3_ckpt", str(tmp_path / "none.pth"),
                                                     "--output_dir", str(tmp_path / "run2")]))
+
+
+def test_joint_phase_trains_both_experts_and_reports_image_use(spm, tmp_path):
+    """--joint_steps: masked language modelling on image-text pairs moves the experts of both modalities
+    (the attention between them only exists in the joint forward) and reports the held-out masked-token
+    accuracy with and without the matching images."""
+    import simvg.pretrain_tiny as pt
+    model_file = spm / "tokenizers" / "spm.model"
+    base = ["--beit3_spm", str(model_file), "--steps", "2", "--num_scenes", "8", "--val_scenes", "16",
+            "--pretrain_batch_size", "4", "--log_every", "50", "--fields", "kind,row"]
+    pt.main(pt.get_args_parser().parse_args(base + ["--out", str(tmp_path / "a.pth")]))
+    s = pt.main(pt.get_args_parser().parse_args(base + ["--out", str(tmp_path / "b.pth"), "--joint_steps", "3",
+                                                       "--joint_records", "32", "--joint_batch_size", "8"]))
+    assert 0.0 <= s["val_masked_text_accuracy_shuffled_images"] <= 1.0 and 0.0 <= s["val_masked_text_accuracy"] <= 1.0
+    a = torch.load(tmp_path / "a.pth", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b.pth", weights_only=False)["model"]
+    moved = {k for k in a if not torch.equal(a[k], b[k])}
+    assert "beit3.encoder.layers.0.self_attn.q_proj.A.weight" in moved
+    assert "beit3.encoder.layers.0.self_attn.q_proj.B.weight" in moved
+    assert "beit3.text_embed.weight" in moved and "beit3.vision_embed.mask_token" not in moved

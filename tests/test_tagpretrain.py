@@ -63,6 +63,20 @@ def test_dataset_labels_the_shapes_and_caches():
     assert scene_tag_maps(objs, recs[0].height, recs[0].width)["kind"].max() > 0
 
 
+def test_position_fields_label_every_patch_with_its_grid_cell():
+    recs, imgs = make_scenes(4, seed=4, object_scale=1.5)
+    ds = SceneTagDataset(recs, imgs, build_transforms("simvg", train=False, imsize=128), patch=16,
+                         fields=("kind", "row", "col"))
+    assert ds.num_classes == {"kind": len(TAG_CLASSES["kind"]) + 1, "row": 9, "col": 9}
+    _, lab = ds[1]
+    assert lab.shape == (3, 8, 8)
+    assert lab[1].tolist() == [[r + 1] * 8 for r in range(8)]
+    assert lab[2].tolist() == [list(range(1, 9))] * 8
+    _, only_kind = SceneTagDataset(recs, imgs, build_transforms("simvg", train=False, imsize=128), 16,
+                                   fields=("kind",))[1]
+    assert torch.equal(only_kind[0], lab[0])  # the content tags do not depend on the other fields
+
+
 def test_tiny_tower_learns_colours_and_kinds():
     """200 steps on 96 scenes: the colour of the covering shape is read from almost every patch, and the kind
     well above what the untrained tower with a trained head reaches (the features carry the shape)."""
@@ -207,3 +221,20 @@ def test_text_tower_learns_to_parse_and_pretrain_tiny_saves_it(tmp_path):
     assert not torch.equal(saved["text.token_embedding.weight"], init["text.token_embedding.weight"])
     with pytest.raises(ValueError, match="no extra\\['program'\\]"):
         ExpressionTagDataset([vrecs[0].replace(extra={})], build_tokenizer("clip", max_len=12))
+
+
+def test_mask_tokens_hides_inner_tokens_only():
+    from vgcore.tagpretrain import mask_tokens
+    ids = torch.tensor([[0, 5, 6, 7, 2, 1, 1], [0, 9, 2, 1, 1, 1, 1], [0, 2, 1, 1, 1, 1, 1]])
+    mask = ids != 1
+    inp, tgt = mask_tokens(ids, mask, mask_id=99, prob=1.0)
+    assert inp.tolist() == [[0, 99, 99, 99, 2, 1, 1], [0, 99, 2, 1, 1, 1, 1], [0, 2, 1, 1, 1, 1, 1]]
+    assert tgt.tolist() == [[-100, 5, 6, 7, -100, -100, -100], [-100, 9] + [-100] * 5, [-100] * 7]
+    inp, tgt = mask_tokens(ids, mask, mask_id=99, prob=0.0, generator=torch.Generator().manual_seed(0))
+    assert (inp == 99).sum(1).tolist() == [1, 1, 0]  # at least one per row that has an inner token
+    assert torch.equal(tgt >= 0, inp == 99) and torch.equal(tgt[tgt >= 0], ids[inp == 99])
+    g = torch.Generator().manual_seed(1)
+    long_ids = torch.randint(4, 50, (400, 20))
+    long_ids[:, 0], long_ids[:, -1] = 0, 2
+    share = (mask_tokens(long_ids, torch.ones_like(long_ids, dtype=torch.bool), 99, 0.5, g)[0] == 99).float().mean()
+    assert abs(float(share) - 0.5 * 18 / 20) < 0.03

@@ -31,8 +31,11 @@ import torch.nn.functional as F
 
 from .data.synthetic import COLORS, KINDS, SIZES, TAG_CLASSES, make_records, make_scenes, patch_tags, scene_tag_maps
 
-__all__ = ["make_scenes", "make_records", "SceneTagDataset", "pretrain_tags", "tag_accuracy", "TEXT_TAG_CLASSES",
-           "program_tags", "ExpressionTagDataset", "pretrain_text_tags", "text_tag_accuracy"]
+POSITION_FIELDS = ("row", "col")  # per-patch grid position (label = index + 1 on every patch, no background)
+
+__all__ = ["make_scenes", "make_records", "POSITION_FIELDS", "SceneTagDataset", "pretrain_tags", "tag_accuracy",
+           "TEXT_TAG_CLASSES", "program_tags", "ExpressionTagDataset", "pretrain_text_tags", "text_tag_accuracy",
+           "ImageTextDataset", "mask_tokens", "masked_text_accuracy", "pretrain_masked_text", "train_steps"]
 
 
 class SceneTagDataset(torch.utils.data.Dataset):
@@ -42,6 +45,9 @@ class SceneTagDataset(torch.utils.data.Dataset):
     train=False, imsize=128)``; its ``affine`` places the labels.  Every sample is transformed once, on first
     use, and kept (images in float16), so epochs after the first cost no decoding or resizing.
     ``min_fraction``: a patch is labelled when one shape covers at least that share of it (else background 0).
+    ``fields`` may also name ``"row"`` / ``"col"`` (`POSITION_FIELDS`): every patch is labelled with its grid
+    row / column + 1, which makes the features carry where they are (a pretrained tower's features do; a
+    tower trained on content tags alone keeps little of its position table, see simvg/README.md).
     """
 
     def __init__(self, records: Sequence, images: dict, transform: Callable, patch: int,
@@ -50,9 +56,10 @@ class SceneTagDataset(torch.utils.data.Dataset):
 
         from .data.dataset import GroundingDataset
 
-        bad = [f for f in fields if f not in TAG_CLASSES]
+        bad = [f for f in fields if f not in TAG_CLASSES and f not in POSITION_FIELDS]
         if bad:
-            raise ValueError(f"SceneTagDataset: unknown tag fields {bad}; choose from {sorted(TAG_CLASSES)}")
+            raise ValueError(f"SceneTagDataset: unknown tag fields {bad}; choose from "
+                             f"{sorted(TAG_CLASSES) + list(POSITION_FIELDS)}")
         missing = [r.image_path for r in records if r.image_path not in images]
         if missing:
             raise ValueError(f"SceneTagDataset: no image for {len(missing)} records, e.g. {missing[:3]}")
@@ -63,8 +70,12 @@ class SceneTagDataset(torch.utils.data.Dataset):
 
     @property
     def num_classes(self) -> Dict[str, int]:
-        """Classes per field, background included."""
-        return {f: len(TAG_CLASSES[f]) + 1 for f in self.fields}
+        """Classes per field, background included (position fields: grid size + 1, label 0 unused)."""
+        grid = None
+        if any(f in POSITION_FIELDS for f in self.fields):
+            grid = tuple(self[0][1].shape[-2:]) if len(self) else (0, 0)
+        return {f: (grid[POSITION_FIELDS.index(f)] if f in POSITION_FIELDS else len(TAG_CLASSES[f])) + 1
+                for f in self.fields}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -79,7 +90,11 @@ class SceneTagDataset(torch.utils.data.Dataset):
             except (KeyError, ValueError) as e:
                 raise ValueError(f"SceneTagDataset: record {i} ({rec.image_path}): {e}") from e
             hw = tuple(s["image"].shape[-2:])
-            labels = np.stack([patch_tags(maps[f], s["affine"].numpy(), hw, self.patch, self.min_fraction)
+            gh, gw = hw[0] // self.patch, hw[1] // self.patch
+            grid = {"row": np.repeat(np.arange(1, gh + 1)[:, None], gw, 1),
+                    "col": np.repeat(np.arange(1, gw + 1)[None, :], gh, 0)}
+            labels = np.stack([grid[f].astype(np.int64) if f in grid else
+                               patch_tags(maps[f], s["affine"].numpy(), hw, self.patch, self.min_fraction)
                                for f in self.fields])
             hit = (s["image"].to(torch.float16), torch.from_numpy(labels))
             self._cache[i] = hit
@@ -114,6 +129,60 @@ def tag_accuracy(features: Callable, heads: nn.ModuleDict, dataset, fields: Sequ
     return {f: right[f] / max(total[f], 1) for f in fields}
 
 
+def _loader(dataset, batch_size: int, seed: int, who: str, what: str):
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen)
+    if len(loader) == 0:
+        raise ValueError(f"{who}: {len(dataset)} {what} do not fill one batch of {batch_size}")
+    return loader
+
+
+def train_steps(loss_fn: Callable[[object], torch.Tensor], params: Iterable[torch.nn.Parameter], loader, *,
+                steps: int, lr: float, weight_decay: float = 1e-4, warmup_steps: int = 50, schedule: str = "cosine",
+                name: str = "pretraining", log: Optional[Callable[[str], None]] = None, log_every: int = 100,
+                on_log: Optional[Callable[[int], dict]] = None):
+    """The loop every pretraining phase shares: ``steps`` AdamW steps of ``loss_fn(batch)`` over ``loader``
+    (re-iterated as needed), linear warm-up then cosine decay to 0 (``schedule="constant"``: none).  Parameters
+    with ``requires_grad`` False are skipped.  Every ``log_every`` steps (and at the end) the mean loss is
+    recorded, with what ``on_log(step)`` returns.  Returns (history, seconds)."""
+    if steps < 1:
+        raise ValueError(f"{name}: steps must be >= 1, got {steps}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"{name}: schedule must be 'cosine' or 'constant', got {schedule!r}")
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def lr_at(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(steps - warmup_steps, 1)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    history, running, t0, step = [], 0.0, time.time(), 0
+    while step < steps:
+        for batch in loader:
+            loss = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item()
+            step += 1
+            if step % log_every == 0 or step == steps:
+                n = log_every if step % log_every == 0 else step % log_every
+                rec = {"step": step, "loss": running / n, **(on_log(step) if on_log is not None else {})}
+                history.append(rec)
+                if log is not None:
+                    acc = "".join(f", val {f} {a:.3f}" for f, a in rec.get("val", {}).items())
+                    log(f"{name} step {step}/{steps}: loss {running / n:.4f}{acc} ({time.time() - t0:.0f} s)")
+                running = 0.0
+            if step >= steps:
+                break
+    return history, time.time() - t0
+
+
 def pretrain_tags(features: Callable[[torch.Tensor], torch.Tensor], params: Iterable[torch.nn.Parameter],
                   dataset: SceneTagDataset, *, steps: int, feature_dim: Optional[int] = None,
                   batch_size: int = 16, lr: float = 6e-3, weight_decay: float = 1e-4, warmup_steps: int = 50,
@@ -131,54 +200,27 @@ def pretrain_tags(features: Callable[[torch.Tensor], torch.Tensor], params: Iter
     """
     if steps < 1:
         raise ValueError(f"pretrain_tags: steps must be >= 1, got {steps}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"pretrain_tags: schedule must be 'cosine' or 'constant', got {schedule!r}")
     fields = dataset.fields
     if feature_dim is None:
         with torch.no_grad():
             feature_dim = int(features(dataset[0][0][None].to(device)).shape[-1])
     heads = nn.ModuleDict({f: nn.Linear(feature_dim, n) for f, n in dataset.num_classes.items()}).to(device)
-    params = [p for p in params if p.requires_grad] + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
-    def lr_at(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(steps - warmup_steps, 1)))
+    def loss_fn(batch):
+        img, lab = batch
+        feats = features(img.to(device))
+        return _loss({f: heads[f](feats) for f in fields}, lab.to(device), fields, background_weight)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         generator=gen)
-    if len(loader) == 0:
-        raise ValueError(f"pretrain_tags: {len(dataset)} scenes do not fill one batch of {batch_size}")
-    history, running, t0, step = [], 0.0, time.time(), 0
-    while step < steps:
-        for img, lab in loader:
-            feats = features(img.to(device))
-            logits = {f: heads[f](feats) for f in fields}
-            loss = _loss(logits, lab.to(device), fields, background_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += loss.item()
-            step += 1
-            if step % log_every == 0 or step == steps:
-                n = log_every if step % log_every == 0 else step % log_every
-                rec = {"step": step, "loss": running / n}
-                if val_dataset is not None and val_every and step % val_every == 0 and step < steps:
-                    rec["val"] = tag_accuracy(features, heads, val_dataset, fields, device=device)
-                history.append(rec)
-                if log is not None:
-                    acc = "".join(f", val {f} {a:.3f}" for f, a in rec.get("val", {}).items())
-                    log(f"tag pretraining step {step}/{steps}: loss {running / n:.4f}{acc} ({time.time() - t0:.0f} s)")
-                running = 0.0
-            if step >= steps:
-                break
-    out = {"heads": heads, "history": history, "seconds": time.time() - t0}
+    def extra(step):
+        if val_dataset is not None and val_every and step % val_every == 0 and step < steps:
+            return {"val": tag_accuracy(features, heads, val_dataset, fields, device=device)}
+        return {}
+
+    history, seconds = train_steps(loss_fn, list(params) + list(heads.parameters()),
+                                   _loader(dataset, batch_size, seed, "pretrain_tags", "scenes"), steps=steps, lr=lr,
+                                   weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
+                                   name="tag pretraining", log=log, log_every=log_every, on_log=extra)
+    out = {"heads": heads, "history": history, "seconds": seconds}
     if val_dataset is not None:
         out["val"] = tag_accuracy(features, heads, val_dataset, fields, device=device)
     return out
@@ -271,36 +313,127 @@ def pretrain_text_tags(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     with torch.no_grad():
         dim = int(encode(dataset.ids[:1].to(device), dataset.mask[:1].to(device)).shape[-1])
     heads = nn.ModuleDict({f: nn.Linear(dim, n) for f, n in dataset.num_classes.items()}).to(device)
-    params = [p for p in params if p.requires_grad] + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup_steps if s < warmup_steps else
-                                              0.5 * (1 + math.cos(math.pi * (s - warmup_steps)
-                                                                  / max(steps - warmup_steps, 1))))
-    gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen)
-    if len(loader) == 0:
-        raise ValueError(f"pretrain_text_tags: {len(dataset)} expressions do not fill one batch of {batch_size}")
-    history, running, t0, step = [], 0.0, time.time(), 0
-    while step < steps:
-        for ids, mask, lab in loader:
-            feats = encode(ids.to(device), mask.to(device))
-            lab = lab.to(device)
-            loss = sum(F.cross_entropy(heads[f](feats), lab[:, j]) for j, f in enumerate(dataset.fields))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += loss.item()
-            step += 1
-            if step % log_every == 0 or step == steps:
-                n = log_every if step % log_every == 0 else step % log_every
-                history.append({"step": step, "loss": running / n})
-                if log is not None:
-                    log(f"text tag pretraining step {step}/{steps}: loss {running / n:.4f} ({time.time() - t0:.0f} s)")
-                running = 0.0
-            if step >= steps:
-                break
-    out = {"heads": heads, "history": history, "seconds": time.time() - t0}
+
+    def loss_fn(batch):
+        ids, mask, lab = (t.to(device) for t in batch)
+        feats = encode(ids, mask)
+        return sum(F.cross_entropy(heads[f](feats), lab[:, j]) for j, f in enumerate(dataset.fields))
+
+    history, seconds = train_steps(loss_fn, list(params) + list(heads.parameters()),
+                                   _loader(dataset, batch_size, seed, "pretrain_text_tags", "expressions"),
+                                   steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                   name="text tag pretraining", log=log, log_every=log_every)
+    out = {"heads": heads, "history": history, "seconds": seconds}
     if val_dataset is not None:
         out["val"] = text_tag_accuracy(encode, heads, val_dataset, device=device)
+    return out
+
+
+# ---------------------------------------------------------------------------- joint image-text (one tower)
+
+class ImageTextDataset(torch.utils.data.Dataset):
+    """One sample per expression: (image [3, H, W] after ``transform``, token ids [L] long, mask [L] bool with
+    True = token) of synthetic records (`make_records`) and their images.  ``transform``: the method's
+    deterministic evaluation transform; each image is transformed once, on first use, and kept in float16."""
+
+    def __init__(self, records: Sequence, images: dict, transform: Callable, tokenizer: Callable):
+        from PIL import Image
+
+        from .data.dataset import GroundingDataset
+
+        missing = [r.image_path for r in records if r.image_path not in images]
+        if missing:
+            raise ValueError(f"ImageTextDataset: no image for {len(missing)} records, e.g. {missing[:3]}")
+        self.records = list(records)
+        self._ds = GroundingDataset(self.records, transform, image_loader=lambda p, rec: Image.fromarray(images[p]))
+        self.ids, self.mask = tokenizer([r.expression for r in self.records])
+        self._cache: Dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        path = self.records[i].image_path
+        img = self._cache.get(path)
+        if img is None:
+            img = self._ds[i]["image"].to(torch.float16)
+            self._cache[path] = img
+        return img.float(), self.ids[i], self.mask[i]
+
+
+def mask_tokens(ids: torch.Tensor, mask: torch.Tensor, mask_id: int, prob: float,
+                generator: Optional[torch.Generator] = None):
+    """Masked-language-modelling input: each real token but the first (<s>) and the last (</s>) of a row is
+    replaced by ``mask_id`` with probability ``prob``, and at least one per row that has such a token.
+    ids, mask [B, L] (mask True = token).  Returns (inputs [B, L], targets [B, L] = the original id where
+    masked, -100 elsewhere)."""
+    B, L = ids.shape
+    inner = mask.bool().clone()
+    inner[:, 0] = False
+    last = (mask.long().sum(1) - 1).clamp_min(0)
+    inner[torch.arange(B), last] = False
+    r = torch.rand(ids.shape, generator=generator)
+    chosen = inner & (r < prob)
+    empty = ~chosen.any(1) & inner.any(1)
+    if empty.any():
+        pick = r.masked_fill(~inner, 2.0).argmin(1)
+        chosen[empty, pick[empty]] = True
+    return ids.masked_fill(chosen, mask_id), ids.masked_fill(~chosen, -100)
+
+
+@torch.no_grad()
+def masked_text_accuracy(joint: Callable, head: nn.Module, dataset: ImageTextDataset, mask_id: int,
+                         prob: float = 0.5, seed: int = 0, batch_size: int = 128, shuffle_images: bool = False,
+                         device="cpu") -> float:
+    """Accuracy of the masked tokens of ``dataset`` (a fixed draw of masks from ``seed``).  With
+    ``shuffle_images`` every expression is paired with another sample's image: the gap to the unshuffled
+    accuracy is what the prediction takes from the image."""
+    gen = torch.Generator().manual_seed(seed)
+    perm_gen = torch.Generator().manual_seed(seed + 1)
+    right = total = 0
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for img, ids, mask in loader:
+        inp, tgt = mask_tokens(ids, mask, mask_id, prob, gen)
+        if shuffle_images:
+            img = img[torch.randperm(len(img), generator=perm_gen)]
+        pred = head(joint(img.to(device), inp.to(device), mask.to(device))).argmax(-1).cpu()
+        on = tgt >= 0
+        right += int((pred[on] == tgt[on]).sum())
+        total += int(on.sum())
+    return right / max(total, 1)
+
+
+def pretrain_masked_text(joint: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                         params: Iterable[torch.nn.Parameter], dataset: ImageTextDataset, *, steps: int,
+                         vocab_size: int, mask_id: int, mask_prob: float = 0.5, batch_size: int = 32,
+                         lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100, seed: int = 0,
+                         device="cpu", val_dataset: Optional[ImageTextDataset] = None,
+                         log: Optional[Callable[[str], None]] = None, log_every: int = 100) -> dict:
+    """Masked language modelling on image-text pairs, as BEiT-3 pretrains its joint (vision-language) mode:
+    ``joint(images [B, 3, H, W], ids [B, L], mask [B, L]) -> text features [B, L, D]`` of the one-tower model,
+    a linear head to the ``vocab_size`` ids, cross-entropy on the tokens `mask_tokens` hides (``mask_prob`` of
+    them, BEiT-3's 50% for image-text pairs).  A hidden colour or kind of a synthetic expression can only be
+    recovered from the image, so this trains the attention between the two modalities.  Returns {"head",
+    "history", "seconds", and with ``val_dataset`` "val" / "val_shuffled_images" (`masked_text_accuracy`)}."""
+    with torch.no_grad():
+        img0, ids0, mask0 = dataset[0]
+        dim = int(joint(img0[None].to(device), ids0[None].to(device), mask0[None].to(device)).shape[-1])
+    head = nn.Linear(dim, vocab_size).to(device)
+    gen = torch.Generator().manual_seed(seed + 7)
+
+    def loss_fn(batch):
+        img, ids, mask = batch
+        inp, tgt = mask_tokens(ids, mask, mask_id, mask_prob, gen)
+        logits = head(joint(img.to(device), inp.to(device), mask.to(device)))
+        return F.cross_entropy(logits.flatten(0, 1), tgt.to(device).flatten(), ignore_index=-100)
+
+    history, seconds = train_steps(loss_fn, list(params) + list(head.parameters()),
+                                   _loader(dataset, batch_size, seed, "pretrain_masked_text", "expressions"),
+                                   steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                   name="masked text pretraining", log=log, log_every=log_every)
+    out = {"head": head, "history": history, "seconds": seconds}
+    if val_dataset is not None:
+        out["val"] = masked_text_accuracy(joint, head, val_dataset, mask_id, mask_prob, device=device)
+        out["val_shuffled_images"] = masked_text_accuracy(joint, head, val_dataset, mask_id, mask_prob,
+                                                          shuffle_images=True, device=device)
     return out
