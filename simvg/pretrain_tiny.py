@@ -7,13 +7,18 @@ trains HiVG's tiny CLIP (`vgcore.tagpretrain`), after re-drawing the position ta
 (``--position_std``; the official N(0, 1) init drowns the token embeddings of a width-128 model):
 
 * the vision path (patch embedding, CLS, vision position table, every expert ``A``) on per-patch kind / colour
-  tags of synthetic scenes, image-only (every token goes through expert A), read off ``img_tokens``;
+  tags of synthetic scenes and on each patch's grid row / column (``--fields``; the position tags keep the
+  position table in the features, which the DETR decoder needs: simvg/README.md, "Session 12"), image-only
+  (every token goes through expert A), read off the residual stream after the last layer;
 * with ``--text_steps N`` the text path (token embedding, text position table, every expert ``B``) on what a
   synthetic expression says (`vgcore.tagpretrain.program_tags`), text-only, read off the mean of the text
   tokens.
 
 The two paths share no parameter (every Linear and LayerNorm of BEiT-3 is multiway), so the phases do not
-interfere; the joint image-text attention is learned in the grounding run.  The output is an official-layout
+interfere; the joint image-text attention is learned in the grounding run.  ``--joint_steps N`` adds a third,
+joint phase over every weight: masked language modelling on image-text pairs (BEiT-3's vision-language
+objective), optionally with image-text matching on the CLS (``--joint_itm_weight``).  It is off by default:
+measured, it slows the grounding run down (simvg/README.md, "Session 12").  The output is an official-layout
 BEiT-3 checkpoint (``{"model": {"beit3.<name>": tensor}}``) that ``simvg/train.py --backbone tiny
 --beit3_ckpt FILE`` loads strictly, like the released ``beit3_base_patch16_224.pth``.  The tiny vocabulary is
 the synthetic corpus' sentencepiece model (``--beit3_spm``, from ``python -m vgcore.data.synthetic``), and the
@@ -39,8 +44,8 @@ from simvg.model import build_model
 from vgcore import dist
 from vgcore.checkpoint import atomic_save
 from vgcore.data.transforms import build_transforms
-from vgcore.tagpretrain import (ExpressionTagDataset, ImageTextDataset, SceneTagDataset, make_records, make_scenes,
-                                pretrain_masked_text, pretrain_tags, pretrain_text_tags, tag_accuracy)
+from vgcore.tagpretrain import (ExpressionTagDataset, ImageTextDataset, SceneTagDataset, described_present,
+                                make_records, make_scenes, pretrain_masked_text, pretrain_tags, pretrain_text_tags, tag_accuracy)
 from vgcore.text import build_tokenizer
 
 
@@ -88,6 +93,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--joint_batch_size", type=int, default=32)
     p.add_argument("--joint_lr", type=float, default=1e-3)
     p.add_argument("--joint_mask_prob", type=float, default=0.5, help="share of text tokens masked (BEiT-3: 50%%)")
+    p.add_argument("--joint_itm_weight", type=float, default=0.0,
+                   help="joint phase: weight of image-text matching on the image CLS (SimVG's object token)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--device", default="cpu")
     p.add_argument("--log_every", type=int, default=100)
@@ -178,20 +185,25 @@ def main(args: argparse.Namespace) -> dict:
         beit3.train()
         jrecs, jimgs = make_records(args.joint_records, seed=args.scene_seed, split="train", **opts)
         jvrecs, jvimgs = make_records(max(args.val_scenes, 1), seed=args.scene_seed, split="val", **opts)
-        jtrain = ImageTextDataset(jrecs, jimgs, transform, tokenizer)
-        jval = ImageTextDataset(jvrecs, jvimgs, transform, tokenizer)
+        jtrain = ImageTextDataset(jrecs, jimgs, transform, tokenizer, match=described_present(jrecs))
+        jval = ImageTextDataset(jvrecs, jvimgs, transform, tokenizer, match=described_present(jvrecs))
 
-        def joint(img, ids, mask):  # mask: True = token; the text outputs of the joint forward
-            return beit3(image=img, text_ids=ids, text_padding_mask=~mask.bool())["text_tokens"]
+        def joint(img, ids, mask):  # mask: True = token; the text outputs and the image CLS of the joint forward
+            out = beit3(image=img, text_ids=ids, text_padding_mask=~mask.bool())
+            return out["text_tokens"], out["cls"]
 
         jres = pretrain_masked_text(joint, _train_only(beit3, lambda name: True), jtrain, steps=args.joint_steps,
                                     vocab_size=tokenizer.vocab_size, mask_id=tokenizer.vocab_size - 1,
-                                    mask_prob=args.joint_mask_prob, batch_size=args.joint_batch_size,
+                                    mask_prob=args.joint_mask_prob, itm_weight=args.joint_itm_weight,
+                                    batch_size=args.joint_batch_size,
                                     lr=args.joint_lr, seed=args.seed, device=device, val_dataset=jval, log=print,
                                     log_every=args.log_every)
         beit3.eval()
         print(f"masked text tokens on held-out pairs: {jres['val']:.3f} ({jres['val_shuffled_images']:.3f} "
               f"with the images shuffled)")
+        if "val_itm" in jres:
+            print(f"image-text matching on held-out pairs: {jres['val_itm']:.3f}")
+            summary.update(val_itm_accuracy=jres["val_itm"])
         summary.update(joint_steps=args.joint_steps, val_masked_text_accuracy=jres["val"],
                        val_masked_text_accuracy_shuffled_images=jres["val_shuffled_images"],
                        joint_seconds=round(jres["seconds"], 1))

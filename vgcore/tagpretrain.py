@@ -15,8 +15,14 @@ features is trained with cross-entropy.  Use scenes of a seed the grounding data
 The defaults (batch 16, lr 6e-3, cosine) are what learned the kinds fastest for HiVG's tiny tower: 92% of the
 shape patches of held-out scenes after 3,000 steps (hivg/README.md, "Learning diagnosis, session 7").
 
+Besides the content tags, ``fields`` may hold ``row`` / ``col`` (`POSITION_FIELDS`): every patch labelled with
+its grid cell, so that the features keep the position table.  Text towers: `ExpressionTagDataset` +
+`pretrain_text_tags` (what an expression says).  One-tower models: `ImageTextDataset` + `pretrain_masked_text`
+(masked language modelling on image-text pairs, optional image-text matching).  All phases run on the same
+loop, `train_steps`.
+
 The tower-specific parts (which features, which weights to keep) live in the method package
-(e.g. ``hivg/pretrain_tiny.py``).
+(e.g. ``hivg/pretrain_tiny.py``, ``simvg/pretrain_tiny.py``).
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ POSITION_FIELDS = ("row", "col")  # per-patch grid position (label = index + 1 o
 
 __all__ = ["make_scenes", "make_records", "POSITION_FIELDS", "SceneTagDataset", "pretrain_tags", "tag_accuracy",
            "TEXT_TAG_CLASSES", "program_tags", "ExpressionTagDataset", "pretrain_text_tags", "text_tag_accuracy",
-           "ImageTextDataset", "mask_tokens", "masked_text_accuracy", "pretrain_masked_text", "train_steps"]
+           "ImageTextDataset", "described_present", "mask_tokens", "masked_text_accuracy", "pretrain_masked_text", "train_steps"]
 
 
 class SceneTagDataset(torch.utils.data.Dataset):
@@ -333,10 +339,13 @@ def pretrain_text_tags(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tens
 
 class ImageTextDataset(torch.utils.data.Dataset):
     """One sample per expression: (image [3, H, W] after ``transform``, token ids [L] long, mask [L] bool with
-    True = token) of synthetic records (`make_records`) and their images.  ``transform``: the method's
-    deterministic evaluation transform; each image is transformed once, on first use, and kept in float16."""
+    True = token, index) of synthetic records (`make_records`) and their images.  ``transform``: the method's
+    deterministic evaluation transform; each image is transformed once, on first use, and kept in float16.
+    ``match``: the image-text matching label of (text index, image index) for pairs of different records
+    (e.g. `described_present`; None: such pairs never match)."""
 
-    def __init__(self, records: Sequence, images: dict, transform: Callable, tokenizer: Callable):
+    def __init__(self, records: Sequence, images: dict, transform: Callable, tokenizer: Callable,
+                 match: Optional[Callable[[int, int], bool]] = None):
         from PIL import Image
 
         from .data.dataset import GroundingDataset
@@ -347,6 +356,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.records = list(records)
         self._ds = GroundingDataset(self.records, transform, image_loader=lambda p, rec: Image.fromarray(images[p]))
         self.ids, self.mask = tokenizer([r.expression for r in self.records])
+        self.match = match
         self._cache: Dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -358,7 +368,23 @@ class ImageTextDataset(torch.utils.data.Dataset):
         if img is None:
             img = self._ds[i]["image"].to(torch.float16)
             self._cache[path] = img
-        return img.float(), self.ids[i], self.mask[i]
+        return img.float(), self.ids[i], self.mask[i], i
+
+
+def described_present(records: Sequence) -> Callable[[int, int], bool]:
+    """``match(i, j)``: does the image of record j hold a shape of the kind (and colour, when said) that the
+    head noun phrase of record i's expression names?  Synthetic records (``extra["program"]``, ``extra["objects"]``);
+    the exact image-text matching label of `pretrain_masked_text` for pairs of different scenes."""
+    said, have = [], []
+    for r in records:
+        np_ = (r.extra.get("program") or {}).get("np") or {}
+        said.append((np_.get("kind"), np_.get("color")))
+        have.append({(o.get("category"), o.get("color")) for o in r.extra.get("objects", [])})
+
+    def match(i: int, j: int) -> bool:
+        kind, color = said[i]
+        return any((kind is None or k == kind) and (color is None or c == color) for k, c in have[j])
+    return match
 
 
 def mask_tokens(ids: torch.Tensor, mask: torch.Tensor, mask_id: int, prob: float,
@@ -392,7 +418,7 @@ def masked_text_accuracy(joint: Callable, head: nn.Module, dataset: ImageTextDat
     perm_gen = torch.Generator().manual_seed(seed + 1)
     right = total = 0
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for img, ids, mask in loader:
+    for img, ids, mask, _ in loader:
         inp, tgt = mask_tokens(ids, mask, mask_id, prob, gen)
         if shuffle_images:
             img = img[torch.randperm(len(img), generator=perm_gen)]
@@ -403,37 +429,76 @@ def masked_text_accuracy(joint: Callable, head: nn.Module, dataset: ImageTextDat
     return right / max(total, 1)
 
 
-def pretrain_masked_text(joint: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+def pretrain_masked_text(joint: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple],
                          params: Iterable[torch.nn.Parameter], dataset: ImageTextDataset, *, steps: int,
-                         vocab_size: int, mask_id: int, mask_prob: float = 0.5, batch_size: int = 32,
-                         lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100, seed: int = 0,
-                         device="cpu", val_dataset: Optional[ImageTextDataset] = None,
+                         vocab_size: int, mask_id: int, mask_prob: float = 0.5, itm_weight: float = 0.0,
+                         batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 100,
+                         seed: int = 0, device="cpu", val_dataset: Optional[ImageTextDataset] = None,
                          log: Optional[Callable[[str], None]] = None, log_every: int = 100) -> dict:
     """Masked language modelling on image-text pairs, as BEiT-3 pretrains its joint (vision-language) mode:
-    ``joint(images [B, 3, H, W], ids [B, L], mask [B, L]) -> text features [B, L, D]`` of the one-tower model,
-    a linear head to the ``vocab_size`` ids, cross-entropy on the tokens `mask_tokens` hides (``mask_prob`` of
-    them, BEiT-3's 50% for image-text pairs).  A hidden colour or kind of a synthetic expression can only be
-    recovered from the image, so this trains the attention between the two modalities.  Returns {"head",
-    "history", "seconds", and with ``val_dataset`` "val" / "val_shuffled_images" (`masked_text_accuracy`)}."""
+    ``joint(images [B, 3, H, W], ids [B, L], mask [B, L]) -> (text features [B, L, D], pooled [B, D])`` of the
+    one-tower model, a linear head to the ``vocab_size`` ids, cross-entropy on the tokens `mask_tokens` hides
+    (``mask_prob`` of them, BEiT-3's 50% for image-text pairs).  A hidden colour or kind of a synthetic
+    expression can only be recovered from the image, so this trains the attention between the modalities.
+    ``itm_weight`` > 0 adds image-text matching on the pooled feature (the image CLS): every other sample of a
+    batch gets the image of another sample, labelled ``dataset.match(text index, image index)`` (None: "no match"),
+    binary cross-entropy.
+    Returns {"head", "itm_head", "history", "seconds", and with ``val_dataset`` "val" / "val_shuffled_images"
+    (`masked_text_accuracy`) and "val_itm" (matching accuracy)}."""
     with torch.no_grad():
-        img0, ids0, mask0 = dataset[0]
-        dim = int(joint(img0[None].to(device), ids0[None].to(device), mask0[None].to(device)).shape[-1])
+        img0, ids0, mask0, _ = dataset[0]
+        dim = int(joint(img0[None].to(device), ids0[None].to(device), mask0[None].to(device))[0].shape[-1])
     head = nn.Linear(dim, vocab_size).to(device)
+    itm_head = nn.Linear(dim, 1).to(device)
     gen = torch.Generator().manual_seed(seed + 7)
 
-    def loss_fn(batch):
-        img, ids, mask = batch
-        inp, tgt = mask_tokens(ids, mask, mask_id, mask_prob, gen)
-        logits = head(joint(img.to(device), inp.to(device), mask.to(device)))
-        return F.cross_entropy(logits.flatten(0, 1), tgt.to(device).flatten(), ignore_index=-100)
+    def pairs(img, index, g, match):
+        """Every odd sample gets another sample's image (a derangement of those): labels 1 = matching pair."""
+        B = len(img)
+        neg = torch.arange(B) % 2 == 1
+        idx = torch.arange(B)
+        odd = idx[neg]
+        if len(odd) > 1:
+            shift = int(torch.randint(1, len(odd), (1,), generator=g))
+            idx[neg] = odd.roll(shift)
+        else:
+            neg[:] = False
+        label = (~neg).float()
+        if match is not None:
+            for b in torch.nonzero(neg).flatten().tolist():
+                label[b] = float(match(int(index[b]), int(index[idx[b]])))
+        return img[idx], label
 
-    history, seconds = train_steps(loss_fn, list(params) + list(head.parameters()),
+    def loss_fn(batch):
+        img, ids, mask, index = batch
+        inp, tgt = mask_tokens(ids, mask, mask_id, mask_prob, gen)
+        text, _ = joint(img.to(device), inp.to(device), mask.to(device))
+        loss = F.cross_entropy(head(text).flatten(0, 1), tgt.to(device).flatten(), ignore_index=-100)
+        if itm_weight > 0:
+            pimg, label = pairs(img, index, gen, dataset.match)
+            _, pooled = joint(pimg.to(device), ids.to(device), mask.to(device))
+            loss = loss + itm_weight * F.binary_cross_entropy_with_logits(itm_head(pooled)[:, 0], label.to(device))
+        return loss
+
+    extra = list(itm_head.parameters()) if itm_weight > 0 else []
+    history, seconds = train_steps(loss_fn, list(params) + list(head.parameters()) + extra,
                                    _loader(dataset, batch_size, seed, "pretrain_masked_text", "expressions"),
                                    steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                   name="masked text pretraining", log=log, log_every=log_every)
-    out = {"head": head, "history": history, "seconds": seconds}
+                                   name="joint pretraining", log=log, log_every=log_every)
+    out = {"head": head, "itm_head": itm_head, "history": history, "seconds": seconds}
     if val_dataset is not None:
-        out["val"] = masked_text_accuracy(joint, head, val_dataset, mask_id, mask_prob, device=device)
-        out["val_shuffled_images"] = masked_text_accuracy(joint, head, val_dataset, mask_id, mask_prob,
+        text_only = lambda *a: joint(*a)[0]  # noqa: E731
+        out["val"] = masked_text_accuracy(text_only, head, val_dataset, mask_id, mask_prob, device=device)
+        out["val_shuffled_images"] = masked_text_accuracy(text_only, head, val_dataset, mask_id, mask_prob,
                                                           shuffle_images=True, device=device)
+        if itm_weight > 0:
+            g = torch.Generator().manual_seed(seed + 11)
+            right = total = 0
+            with torch.no_grad():
+                for img, ids, mask, index in torch.utils.data.DataLoader(val_dataset, batch_size=128):
+                    pimg, label = pairs(img, index, g, val_dataset.match)
+                    _, pooled = joint(pimg.to(device), ids.to(device), mask.to(device))
+                    right += int(((itm_head(pooled)[:, 0] > 0).float().cpu() == label).sum())
+                    total += len(label)
+            out["val_itm"] = right / max(total, 1)
     return out
