@@ -7,8 +7,9 @@
 #   3. simvg/train.py --preset onestage (DB + DWBD token branch, official losses) over that backbone at x0.2
 #      (official x0.1), lr 5e-4, batch 16, no LSJ, no warm-up, one x0.1 decay before the last epoch;
 #   4. simvg/eval.py on val (DB and TB Acc@0.5) and the trivial / noun-only baselines.
-# Measured (simvg/README.md, "Session 12"): DB 73.8% val Acc@0.5 after 16 epochs against 38.3% random object and
-# 69.5% noun-only; the TB lags (27.6%).  gRefCOCO-style: DATASET=grefcoco (10 queries).
+# Measured alone on 2 cores, one process (simvg/README.md, "Session 12"): 2.7 min data + pretraining, 14.3 min for
+# 16 epochs; DB 72.6% val Acc@0.5 against 38.3% random object and 69.5% noun-only; the TB lags (23.6%).
+# gRefCOCO-style: DATASET=grefcoco EPOCHS=10 (10 queries): Pr@(F1=1) 28.2%, N-acc 43.6%.
 # Usage: bash scripts/simvg/train_tiny_synthetic.sh [--dry-run]
 #   env: OUT (./outputs/simvg_tiny), EPOCHS (16), NUM_TRAIN (6000), PRETRAIN_STEPS (3000), TEXT_STEPS (400),
 #        VIS_MULT (0.2), DATASET (refcoco | grefcoco), QS_DEVICE (cpu), NPROC (1: training processes, gloo on the
@@ -38,7 +39,7 @@ run python simvg/pretrain_tiny.py --beit3_spm "$DATA/tokenizers/spm.model" --out
 run python -m torch.distributed.launch --nproc_per_node="$NPROC" --master_port="$MASTER_PORT" --use_env \
     simvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$DATASET" --tensorboard 0 \
     --epochs "$EPOCHS" --batch_size "$((16 / NPROC))" --lr 5e-4 --lr_vis_enc_mult "$VIS_MULT" --warmup_epochs 0 \
-    --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --no_lsj --log_every 100
+    --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --no_lsj --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100
 run python simvg/eval.py "${COMMON[@]}" --load_from "$OUT/$DATASET/det_best.pth" --eval_sets val \
     --output_dir "$OUT/$DATASET"
 if [ "$DATASET" != grefcoco ]; then
