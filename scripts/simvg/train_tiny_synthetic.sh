@@ -7,13 +7,14 @@
 #   3. simvg/train.py --preset onestage (DB + DWBD token branch, official losses) over that backbone at x0.2
 #      (official x0.1), lr 5e-4, batch 16, no LSJ, no warm-up, one x0.1 decay before the last epoch;
 #   4. simvg/eval.py on val (DB and TB Acc@0.5) and the trivial / noun-only baselines.
-# Measured alone on 2 cores, one process (simvg/README.md, "Session 12"): 2.7 min data + pretraining, 14.3 min for
-# 16 epochs; DB 72.6% val Acc@0.5 against 38.3% random object and 69.5% noun-only; the TB lags (23.6%).
+# Measured alone on 2 cores (simvg/README.md, "Session 12"): with the default 2 training processes the whole
+# script takes 14.4 min (41-43 s per epoch) and gives DB 71.0% val Acc@0.5 (TB 26.4%), against 38.3% random
+# object and 69.5% noun-only; NPROC=1 (as tests/test_simvg_learning.py) 17 min (51 s per epoch), DB 72.6%, TB 23.6%.
 # gRefCOCO-style: DATASET=grefcoco EPOCHS=10 (10 queries): Pr@(F1=1) 28.2%, N-acc 43.6%.
 # Usage: bash scripts/simvg/train_tiny_synthetic.sh [--dry-run]
 #   env: OUT (./outputs/simvg_tiny), EPOCHS (16), NUM_TRAIN (6000), PRETRAIN_STEPS (3000), TEXT_STEPS (400),
-#        VIS_MULT (0.2), DATASET (refcoco | grefcoco), QS_DEVICE (cpu), NPROC (1: training processes, gloo on the
-#        CPU; the global batch stays 16; the figures above are single-process ones)
+#        VIS_MULT (0.2), DATASET (refcoco | grefcoco), QS_DEVICE (cpu), NPROC (2: training processes, gloo on the
+#        CPU, one thread each; the global batch stays 16)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 vg_init "$@"
@@ -25,7 +26,7 @@ TEXT_STEPS=${TEXT_STEPS:-400}
 VIS_MULT=${VIS_MULT:-0.2}
 DATASET=${DATASET:-refcoco}
 QS_DEVICE=${QS_DEVICE:-cpu}
-NPROC=${NPROC:-1}
+NPROC=${NPROC:-2}
 MASTER_PORT=${MASTER_PORT:-29500}
 DATA=$OUT/data
 SCENE=(--object-scale 1.8 --max-objects 5)
