@@ -41,7 +41,8 @@ POSITION_FIELDS = ("row", "col")  # per-patch grid position (label = index + 1 o
 
 __all__ = ["make_scenes", "make_records", "POSITION_FIELDS", "SceneTagDataset", "pretrain_tags", "tag_accuracy",
            "TEXT_TAG_CLASSES", "program_tags", "ExpressionTagDataset", "pretrain_text_tags", "text_tag_accuracy",
-           "ImageTextDataset", "described_present", "mask_tokens", "masked_text_accuracy", "pretrain_masked_text", "train_steps"]
+           "ImageTextDataset", "described_present", "mask_tokens", "masked_text_accuracy", "pretrain_masked_text",
+           "train_steps"]
 
 
 class SceneTagDataset(torch.utils.data.Dataset):
