@@ -45,7 +45,8 @@ from vgcore import dist
 from vgcore.checkpoint import atomic_save
 from vgcore.data.transforms import build_transforms
 from vgcore.tagpretrain import (ExpressionTagDataset, ImageTextDataset, SceneTagDataset, described_present,
-                                make_records, make_scenes, pretrain_masked_text, pretrain_tags, pretrain_text_tags, tag_accuracy)
+                                make_records, make_scenes, pretrain_masked_text, pretrain_tags, pretrain_text_tags,
+                                tag_accuracy)
 from vgcore.text import build_tokenizer
 
 
@@ -66,7 +67,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--object_scale", "--object-scale", type=float, default=1.0)
     p.add_argument("--fields", default="kind,color,row,col",
                    help="comma list of kind,color,size (what covers the patch) and row,col (where the patch is: "
-                        "keeps the position table in the features, simvg/README.md 'Tag pretraining')")
+                        "keeps the position table in the features, simvg/README.md 'Session 12')")
     p.add_argument("--pretrain_batch_size", type=int, default=16)
     p.add_argument("--pretrain_lr", type=float, default=6e-3)
     p.add_argument("--background_weight", type=float, default=0.1, help="cross-entropy weight of background patches")
@@ -195,8 +196,7 @@ def main(args: argparse.Namespace) -> dict:
         jres = pretrain_masked_text(joint, _train_only(beit3, lambda name: True), jtrain, steps=args.joint_steps,
                                     vocab_size=tokenizer.vocab_size, mask_id=tokenizer.vocab_size - 1,
                                     mask_prob=args.joint_mask_prob, itm_weight=args.joint_itm_weight,
-                                    batch_size=args.joint_batch_size,
-                                    lr=args.joint_lr, seed=args.seed, device=device, val_dataset=jval, log=print,
+                                    batch_size=args.joint_batch_size, lr=args.joint_lr, seed=args.seed, device=device, val_dataset=jval, log=print,
                                     log_every=args.log_every)
         beit3.eval()
         print(f"masked text tokens on held-out pairs: {jres['val']:.3f} ({jres['val_shuffled_images']:.3f} "
