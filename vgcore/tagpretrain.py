@@ -18,8 +18,9 @@ shape patches of held-out scenes after 3,000 steps (hivg/README.md, "Learning di
 Besides the content tags, ``fields`` may hold ``row`` / ``col`` (`POSITION_FIELDS`): every patch labelled with
 its grid cell, so that the features keep the position table.  Text towers: `ExpressionTagDataset` +
 `pretrain_text_tags` (what an expression says).  One-tower models: `ImageTextDataset` + `pretrain_masked_text`
-(masked language modelling on image-text pairs, optional image-text matching).  All phases run on the same
-loop, `train_steps`.
+(masked language modelling on image-text pairs, optional image-text matching) or `pretrain_joint_tags` (the
+image CLS of the joint forward says what the paired expression says and, optionally, what the object it
+describes looks like and where it is).  All phases run on the same loop, `train_steps`.
 
 The tower-specific parts (which features, which weights to keep) live in the method package
 (e.g. ``hivg/pretrain_tiny.py``, ``simvg/pretrain_tiny.py``).
@@ -42,7 +43,13 @@ POSITION_FIELDS = ("row", "col")  # per-patch grid position (label = index + 1 o
 __all__ = ["make_scenes", "make_records", "POSITION_FIELDS", "SceneTagDataset", "pretrain_tags", "tag_accuracy",
            "TEXT_TAG_CLASSES", "program_tags", "ExpressionTagDataset", "pretrain_text_tags", "text_tag_accuracy",
            "ImageTextDataset", "described_present", "mask_tokens", "masked_text_accuracy", "pretrain_masked_text",
-           "train_steps"]
+           "train_steps", "record_tags", "REFERENT_FIELDS", "referent_tags", "joint_tag_accuracy",
+           "pretrain_joint_tags"]
+
+
+def _reads(x) -> list:
+    """Features a phase supervises: one tensor, or a list of them (several layers), as a list."""
+    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 class SceneTagDataset(torch.utils.data.Dataset):
@@ -126,7 +133,7 @@ def tag_accuracy(features: Callable, heads: nn.ModuleDict, dataset, fields: Sequ
     total = {f: 0 for f in fields}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for img, lab in loader:
-        feats = features(img.to(device))
+        feats = _reads(features(img.to(device)))[-1]  # several supervised layers: report the last
         for j, f in enumerate(fields):
             pred = heads[f](feats).argmax(-1).cpu()
             y = lab[:, j].flatten(1)
@@ -197,7 +204,8 @@ def pretrain_tags(features: Callable[[torch.Tensor], torch.Tensor], params: Iter
                   val_dataset: Optional[SceneTagDataset] = None, val_every: int = 0,
                   log: Optional[Callable[[str], None]] = None, log_every: int = 100) -> dict:
     """Train the tower behind ``features`` (images [B, 3, H, W] -> patch features [B, N, D], N = the label
-    grid in row-major order) with one linear head per field: AdamW, linear warm-up then cosine decay to 0
+    grid in row-major order; or a list of such, e.g. of several layers, each supervised by the same heads and
+    the last one reported) with one linear head per field: AdamW, linear warm-up then cosine decay to 0
     (``schedule="constant"``: no decay), cross-entropy with the background class down-weighted by
     ``background_weight``.
 
@@ -210,13 +218,14 @@ def pretrain_tags(features: Callable[[torch.Tensor], torch.Tensor], params: Iter
     fields = dataset.fields
     if feature_dim is None:
         with torch.no_grad():
-            feature_dim = int(features(dataset[0][0][None].to(device)).shape[-1])
+            feature_dim = int(_reads(features(dataset[0][0][None].to(device)))[-1].shape[-1])
     heads = nn.ModuleDict({f: nn.Linear(feature_dim, n) for f, n in dataset.num_classes.items()}).to(device)
 
     def loss_fn(batch):
         img, lab = batch
-        feats = features(img.to(device))
-        return _loss({f: heads[f](feats) for f in fields}, lab.to(device), fields, background_weight)
+        lab = lab.to(device)
+        return sum(_loss({f: heads[f](x) for f in fields}, lab, fields, background_weight)
+                   for x in _reads(features(img.to(device))))
 
     def extra(step):
         if val_dataset is not None and val_every and step % val_every == 0 and step < steps:
@@ -264,6 +273,18 @@ def program_tags(program: dict, fields: Sequence[str] = tuple(TEXT_TAG_CLASSES))
     return out
 
 
+def record_tags(records: Sequence, fields: Sequence[str] = tuple(TEXT_TAG_CLASSES), who: str = "record_tags"):
+    """`program_tags` of every record's ``extra["program"]``: labels [N, len(fields)] long."""
+    labels = []
+    for i, r in enumerate(records):
+        prog = r.extra.get("program") if isinstance(r.extra, dict) else None
+        if prog is None:
+            raise ValueError(f"{who}: record {i} ({r.image_path}, {r.expression!r}) has no extra['program'] "
+                             f"(synthetic records from make_records carry one)")
+        labels.append(program_tags(prog, fields))
+    return torch.tensor(labels, dtype=torch.long).reshape(len(labels), len(fields))
+
+
 class ExpressionTagDataset(torch.utils.data.Dataset):
     """One sample per expression: (token ids [L] long, labels [len(fields)] long) from synthetic records
     (`make_records`), tokenised once with ``tokenizer(texts) -> (ids [B, L], mask)``."""
@@ -272,16 +293,9 @@ class ExpressionTagDataset(torch.utils.data.Dataset):
         bad = [f for f in fields if f not in TEXT_TAG_CLASSES]
         if bad:
             raise ValueError(f"ExpressionTagDataset: unknown fields {bad}; choose from {list(TEXT_TAG_CLASSES)}")
-        labels = []
-        for i, r in enumerate(records):
-            prog = r.extra.get("program") if isinstance(r.extra, dict) else None
-            if prog is None:
-                raise ValueError(f"ExpressionTagDataset: record {i} ({r.image_path}, {r.expression!r}) has no "
-                                 f"extra['program'] (synthetic records from make_records carry one)")
-            labels.append(program_tags(prog, fields))
         self.fields = tuple(fields)
         self.ids, self.mask = tokenizer([r.expression for r in records])
-        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.labels = record_tags(records, fields, "ExpressionTagDataset")
 
     @property
     def num_classes(self) -> Dict[str, int]:
@@ -502,4 +516,100 @@ def pretrain_masked_text(joint: Callable[[torch.Tensor, torch.Tensor, torch.Tens
                     right += int(((itm_head(pooled)[:, 0] > 0).float().cpu() == label).sum())
                     total += len(label)
             out["val_itm"] = right / max(total, 1)
+    return out
+
+
+REFERENT_FIELDS = ("kind", "color", "size", "row", "col")  # of the one object an expression describes
+
+
+def referent_tags(records: Sequence, grid: int, who: str = "referent_tags") -> torch.Tensor:
+    """What the one object each synthetic record's expression describes looks like and where it is: labels
+    [N, 5] long of `REFERENT_FIELDS` (kind / colour / size class index; row / col of its box centre on a
+    ``grid`` x ``grid`` partition of the image), -100 (ignored) for no- and multi-target expressions."""
+    out = []
+    for i, r in enumerate(records):
+        ex = r.extra if isinstance(r.extra, dict) else {}
+        if "target_index" not in ex or "objects" not in ex:
+            raise ValueError(f"{who}: record {i} ({r.image_path}, {r.expression!r}) has no extra['target_index'] / "
+                             f"extra['objects'] (synthetic records from make_records carry them)")
+        if len(ex["target_index"]) != 1:
+            out.append([-100] * len(REFERENT_FIELDS))
+            continue
+        o = ex["objects"][ex["target_index"][0]]
+        x0, y0, x1, y1 = o["box"]
+        row = min(int((y0 + y1) / 2 / r.height * grid), grid - 1)
+        col = min(int((x0 + x1) / 2 / r.width * grid), grid - 1)
+        out.append([KINDS.index(o["category"]), list(COLORS).index(o["color"]), SIZES.index(o["size"]), row, col])
+    return torch.tensor(out, dtype=torch.long).reshape(len(out), len(REFERENT_FIELDS))
+
+
+@torch.no_grad()
+def joint_tag_accuracy(pooled: Callable, heads: nn.ModuleDict, dataset: ImageTextDataset, grid: int = 0,
+                       batch_size: int = 128, device="cpu") -> Dict[str, float]:
+    """Accuracy of `pretrain_joint_tags` heads on ``dataset``: per text field (on the last read of ``pooled``) how
+    often it says what the expression says, the 'not said' class included; with ``grid`` also per
+    ``referent_<field>`` on the single-target expressions."""
+    text = [f for f in TEXT_TAG_CLASSES if f in heads]
+    labels = record_tags(dataset.records, text, "joint_tag_accuracy")
+    ref = referent_tags(dataset.records, grid, "joint_tag_accuracy") if grid else None
+    right: Dict[str, float] = {}
+    for img, ids, mask, index in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        x = _reads(pooled(img.to(device), ids.to(device), mask.to(device)))[-1]
+        for j, f in enumerate(text):
+            right[f] = right.get(f, 0) + int((heads[f](x).argmax(-1).cpu() == labels[index, j]).sum())
+        if ref is not None:
+            for j, f in enumerate(REFERENT_FIELDS):
+                right["referent_" + f] = right.get("referent_" + f, 0) + int(
+                    (heads["referent_" + f](x).argmax(-1).cpu() == ref[index, j]).sum())
+    n_ref = int((ref[:, 0] >= 0).sum()) if ref is not None else 0
+    return {f: v / max(n_ref if f.startswith("referent_") else len(dataset), 1) for f, v in right.items()}
+
+
+def pretrain_joint_tags(pooled: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                        params: Iterable[torch.nn.Parameter], dataset: ImageTextDataset, *, steps: int,
+                        referent_weight: float = 0.0, grid: int = 0, batch_size: int = 32, lr: float = 3e-4,
+                        weight_decay: float = 1e-4, warmup_steps: int = 100, seed: int = 0, device="cpu",
+                        val_dataset: Optional[ImageTextDataset] = None, log: Optional[Callable[[str], None]] = None,
+                        log_every: int = 100) -> dict:
+    """Teach a one-tower model's image side to read the text and find what it describes.
+    ``pooled(images, ids, mask) -> [B, D]`` (the image CLS of the joint forward, SimVG's object token; or a list
+    of such reads, e.g. of several layers) must say what the paired expression says (`program_tags`, one linear
+    head per field shared by all reads, cross-entropy); with ``referent_weight`` > 0 the last read must also say
+    what the described object looks like and where it is (`referent_tags` on a ``grid``: one linear head per
+    `REFERENT_FIELDS`).  The CLS can learn either only through its attention (to the text tokens, then to the
+    patches of the described object), which is what SimVG's token branch needs (simvg/README.md, "Session 13").
+    Returns {"heads", "history", "seconds", "val" (`joint_tag_accuracy` on ``val_dataset``, when given)}."""
+    if referent_weight > 0 and grid < 1:
+        raise ValueError("pretrain_joint_tags: referent_weight > 0 needs the grid size (e.g. 8 for 128 px / 16)")
+    labels = record_tags(dataset.records, tuple(TEXT_TAG_CLASSES), "pretrain_joint_tags")
+    ref = referent_tags(dataset.records, grid, "pretrain_joint_tags") if referent_weight > 0 else None
+    with torch.no_grad():
+        img0, ids0, mask0, _ = dataset[0]
+        dim = int(_reads(pooled(img0[None].to(device), ids0[None].to(device), mask0[None].to(device)))[-1].shape[-1])
+    sizes = {f: len(c) + 1 for f, c in TEXT_TAG_CLASSES.items()}
+    if ref is not None:
+        sizes.update({"referent_kind": len(KINDS), "referent_color": len(COLORS), "referent_size": len(SIZES),
+                      "referent_row": grid, "referent_col": grid})
+    heads = nn.ModuleDict({f: nn.Linear(dim, n) for f, n in sizes.items()}).to(device)
+
+    def loss_fn(batch):
+        img, ids, mask, index = batch
+        reads = _reads(pooled(img.to(device), ids.to(device), mask.to(device)))
+        lab = labels[index].to(device)
+        loss = sum(F.cross_entropy(heads[f](x), lab[:, j]) for x in reads for j, f in enumerate(TEXT_TAG_CLASSES))
+        if ref is not None:
+            r = ref[index].to(device)
+            if (r[:, 0] >= 0).any():
+                loss = loss + referent_weight * sum(
+                    F.cross_entropy(heads["referent_" + f](reads[-1]), r[:, j], ignore_index=-100)
+                    for j, f in enumerate(REFERENT_FIELDS))
+        return loss
+
+    history, seconds = train_steps(loss_fn, list(params) + list(heads.parameters()),
+                                   _loader(dataset, batch_size, seed, "pretrain_joint_tags", "expressions"),
+                                   steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                   name="joint tag pretraining", log=log, log_every=log_every)
+    out = {"heads": heads, "history": history, "seconds": seconds}
+    if val_dataset is not None:
+        out["val"] = joint_tag_accuracy(pooled, heads, val_dataset, grid if ref is not None else 0, device=device)
     return out
