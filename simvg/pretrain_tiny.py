@@ -6,19 +6,26 @@ a CPU budget (simvg/README.md).  This script trains the tiny multiway backbone t
 trains HiVG's tiny CLIP (`vgcore.tagpretrain`), after re-drawing the position tables at N(0, 0.02)
 (``--position_std``; the official N(0, 1) init drowns the token embeddings of a width-128 model):
 
-* the vision path (patch embedding, CLS, vision position table, every expert ``A``) on per-patch kind / colour
-  tags of synthetic scenes and on each patch's grid row / column (``--fields``; the position tags keep the
-  position table in the features, which the DETR decoder needs: simvg/README.md, "Session 12"), image-only
-  (every token goes through expert A), read off the residual stream after the last layer;
-* with ``--text_steps N`` the text path (token embedding, text position table, every expert ``B``) on what a
-  synthetic expression says (`vgcore.tagpretrain.program_tags`), text-only, read off the mean of the text
-  tokens.
+* image phase: the vision path (patch embedding, CLS, vision position table, every expert ``A``) on per-patch
+  kind / colour tags of synthetic scenes and on each patch's grid row / column (``--fields``; the position tags
+  keep the position table in the features, which the DETR decoder needs: simvg/README.md, "Session 12"),
+  image-only (every token goes through expert A), read off the residual stream after the last two layers
+  (``--tag_layers``: the kinds must be readable before the last layer, where the object token picks its target);
+* text phase (``--text_steps``): the text path (token embedding, text position table, every expert ``B``) on
+  what a synthetic expression says (`vgcore.tagpretrain.program_tags`), text-only, read off the mean of the
+  text tokens;
+* joint phase (``--joint_steps``), image-text pairs, only the attention blocks and the CLS token train
+  (``--joint_params``): the image CLS, SimVG's object token, must say what the paired expression says (read
+  after the second-to-last layer and at the output, ``--joint_cls_layers``) and, at the output, what the
+  object it describes looks like and which grid cell it is in (``--joint_referent_weight``;
+  `vgcore.tagpretrain.pretrain_joint_tags`).  This is a grounded objective on a separate corpus, the stand-in
+  for the web-scale image-text pretraining whose object token SimVG's token branch reads: without it the CLS
+  never learns to select its target within a CPU budget and the TB stays at a third of the DB (simvg/README.md,
+  "Session 13").  ``--joint_objective mlm`` is masked language modelling instead (BEiT-3's vision-language
+  objective, optional image-text matching ``--joint_itm_weight``), measured slower for the grounding.
 
-The two paths share no parameter (every Linear and LayerNorm of BEiT-3 is multiway), so the phases do not
-interfere; the joint image-text attention is learned in the grounding run.  ``--joint_steps N`` adds a third,
-joint phase over every weight: masked language modelling on image-text pairs (BEiT-3's vision-language
-objective), optionally with image-text matching on the CLS (``--joint_itm_weight``).  It is off by default:
-measured, it slows the grounding run down (simvg/README.md, "Session 12").  The output is an official-layout
+The image and text paths share no parameter (every Linear and LayerNorm of BEiT-3 is multiway), so those
+phases do not interfere.  The output is an official-layout
 BEiT-3 checkpoint (``{"model": {"beit3.<name>": tensor}}``) that ``simvg/train.py --backbone tiny
 --beit3_ckpt FILE`` loads strictly, like the released ``beit3_base_patch16_224.pth``.  The tiny vocabulary is
 the synthetic corpus' sentencepiece model (``--beit3_spm``, from ``python -m vgcore.data.synthetic``), and the
@@ -45,8 +52,8 @@ from vgcore import dist
 from vgcore.checkpoint import atomic_save
 from vgcore.data.transforms import build_transforms
 from vgcore.tagpretrain import (ExpressionTagDataset, ImageTextDataset, SceneTagDataset, described_present,
-                                make_records, make_scenes, pretrain_masked_text, pretrain_tags, pretrain_text_tags,
-                                tag_accuracy)
+                                make_records, make_scenes, pretrain_joint_tags, pretrain_masked_text, pretrain_tags,
+                                pretrain_text_tags, tag_accuracy)
 from vgcore.text import build_tokenizer
 
 
@@ -83,19 +90,35 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "('residual', as hivg/pretrain_tiny.py reads CLIP before ln_post; the final LayerNorm then keeps "
                         "its init) or after the final multiway LayerNorm ('output', what SimVG consumes).  Measured "
                         "(simvg/README.md): 'output' stalls the kinds at chance")
-    p.add_argument("--text_steps", type=int, default=0, help="text-phase steps (0: the text path keeps its init)")
+    p.add_argument("--tag_layers", default="-2,-1",
+                   help="comma list of the layers whose patch outputs the image tags supervise (-1 = the last; with "
+                        "'residual' features).  Earlier layers make the kinds readable before the last layer, where "
+                        "the object token selects its target (simvg/README.md, 'Session 13')")
+    p.add_argument("--text_steps", type=int, default=400, help="text-phase steps (0: the text path keeps its init)")
     p.add_argument("--text_records", type=int, default=6000)
     p.add_argument("--text_batch_size", type=int, default=64)
     p.add_argument("--text_lr", type=float, default=1e-3)
-    p.add_argument("--joint_steps", type=int, default=0,
-                   help="joint-phase steps (0: none): masked language modelling on image-text pairs, every weight "
-                        "trains (BEiT-3's vision-language pretraining; teaches the attention between the modalities)")
+    p.add_argument("--joint_steps", type=int, default=2000, help="joint-phase steps on image-text pairs (0: none)")
+    p.add_argument("--joint_objective", choices=["cls_tags", "mlm"], default="cls_tags",
+                   help="'cls_tags': the image CLS of the joint forward (SimVG's object token) says what the "
+                        "expression says; 'mlm': masked language modelling, BEiT-3's vision-language objective "
+                        "(simvg/README.md, 'Session 13')")
+    p.add_argument("--joint_params", choices=["attention", "all"], default="attention",
+                   help="weights the joint phase trains: the attention blocks of every layer and the CLS token, or "
+                        "all (measured slower for the grounding, simvg/README.md)")
+    p.add_argument("--joint_cls_layers", default="-2,output",
+                   help="cls_tags: comma list of where the CLS is read: 'output' (after the final LayerNorm, what "
+                        "SimVG's heads consume) and/or layer indices of the residual stream (-2 = before the last "
+                        "layer: the CLS must have read the text while the last layer can still select the target)")
+    p.add_argument("--joint_referent_weight", type=float, default=1.0,
+                   help="cls_tags: weight of the referent tags, the output CLS also says what the described object "
+                        "looks like and where it is (kind / colour / size / grid cell; single-target expressions)")
     p.add_argument("--joint_records", type=int, default=6000)
     p.add_argument("--joint_batch_size", type=int, default=32)
     p.add_argument("--joint_lr", type=float, default=1e-3)
     p.add_argument("--joint_mask_prob", type=float, default=0.5, help="share of text tokens masked (BEiT-3: 50%%)")
     p.add_argument("--joint_itm_weight", type=float, default=0.0,
-                   help="joint phase: weight of image-text matching on the image CLS (SimVG's object token)")
+                   help="mlm joint phase: weight of image-text matching on the image CLS (SimVG's object token)")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--device", default="cpu")
     p.add_argument("--log_every", type=int, default=100)
@@ -123,6 +146,12 @@ def text_parameter(name: str) -> bool:
     return name.startswith("text_embed.") or ".B." in f".{name}."
 
 
+def attention_parameter(name: str) -> bool:
+    """What the 'attention' joint phase trains: every layer's attention block (q / k / v / out projections and the
+    sub-LN inside, both experts) and the image CLS token."""
+    return ".self_attn." in f".{name}" or name == "vision_embed.cls_token"
+
+
 def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
@@ -144,10 +173,16 @@ def main(args: argparse.Namespace) -> dict:
     train_set = SceneTagDataset(recs, imgs, transform, patch, fields, args.min_fraction)
     val_set = SceneTagDataset(vrecs, vimgs, transform, patch, fields, args.min_fraction)
 
+    tag_layers = [int(x) for x in str(args.tag_layers).split(",") if x.strip()]
+    if args.tag_features == "output" and tag_layers != [-1]:
+        raise SystemExit("simvg/pretrain_tiny.py: --tag_layers other than -1 needs --tag_features residual")
+
     def features(img):
         if args.tag_features == "output":
             return beit3(image=img)["img_tokens"]
-        return beit3(image=img, return_hidden=True)["hidden"][-1][:, 1:]
+        hidden = beit3(image=img, return_hidden=True)["hidden"]
+        feats = [hidden[i][:, 1:] for i in tag_layers]
+        return feats if len(feats) > 1 else feats[0]
 
     # with 'residual' the final LayerNorm gets no gradient, so the optimizer leaves it at its init
     res = pretrain_tags(features, _train_only(beit3, vision_parameter), train_set, steps=args.steps,
@@ -161,7 +196,7 @@ def main(args: argparse.Namespace) -> dict:
     summary = {"steps": args.steps, "scenes": len(train_set), "fields": fields, "val_tag_accuracy": res["val"],
                "seconds": round(res["seconds"], 1), "scene_options": opts, "scene_seed": args.scene_seed,
                "text_steps": args.text_steps, "vocab_size": tokenizer.vocab_size, "position_std": args.position_std,
-               "tag_features": args.tag_features}
+               "tag_features": args.tag_features, "tag_layers": tag_layers}
 
     if args.text_steps > 0:
         beit3.train()
@@ -189,24 +224,42 @@ def main(args: argparse.Namespace) -> dict:
         jtrain = ImageTextDataset(jrecs, jimgs, transform, tokenizer, match=described_present(jrecs))
         jval = ImageTextDataset(jvrecs, jvimgs, transform, tokenizer, match=described_present(jvrecs))
 
+        params = _train_only(beit3, attention_parameter if args.joint_params == "attention" else lambda name: True)
+        lr = args.joint_lr
+
         def joint(img, ids, mask):  # mask: True = token; the text outputs and the image CLS of the joint forward
             out = beit3(image=img, text_ids=ids, text_padding_mask=~mask.bool())
             return out["text_tokens"], out["cls"]
 
-        jres = pretrain_masked_text(joint, _train_only(beit3, lambda name: True), jtrain, steps=args.joint_steps,
-                                    vocab_size=tokenizer.vocab_size, mask_id=tokenizer.vocab_size - 1,
-                                    mask_prob=args.joint_mask_prob, itm_weight=args.joint_itm_weight,
-                                    batch_size=args.joint_batch_size, lr=args.joint_lr, seed=args.seed, device=device, val_dataset=jval, log=print,
-                                    log_every=args.log_every)
+        common = dict(steps=args.joint_steps, batch_size=args.joint_batch_size, lr=lr, seed=args.seed, device=device,
+                      val_dataset=jval, log=print, log_every=args.log_every)
+        if args.joint_objective == "cls_tags":
+            where = [w.strip() for w in str(args.joint_cls_layers).split(",") if w.strip()]
+
+            def cls_reads(img, ids, mask):
+                out = beit3(image=img, text_ids=ids, text_padding_mask=~mask.bool(), return_hidden=True)
+                feats = [out["cls"] if w == "output" else out["hidden"][int(w)][:, 0] for w in where]
+                return feats if len(feats) > 1 else feats[0]
+
+            jres = pretrain_joint_tags(cls_reads, params, jtrain, referent_weight=args.joint_referent_weight,
+                                       grid=args.img_size // patch, **common)
+            print("image CLS on held-out pairs: " + ", ".join(f"{k} {v:.3f}" for k, v in jres["val"].items()))
+            summary.update(val_joint_tag_accuracy=jres["val"], joint_referent_weight=args.joint_referent_weight)
+        else:
+            jres = pretrain_masked_text(joint, params, jtrain, vocab_size=tokenizer.vocab_size,
+                                        mask_id=tokenizer.vocab_size - 1, mask_prob=args.joint_mask_prob,
+                                        itm_weight=args.joint_itm_weight, **common)
+            print(f"masked text tokens on held-out pairs: {jres['val']:.3f} ({jres['val_shuffled_images']:.3f} "
+                  f"with the images shuffled)")
+            if "val_itm" in jres:
+                print(f"image-text matching on held-out pairs: {jres['val_itm']:.3f}")
+                summary.update(val_itm_accuracy=jres["val_itm"])
+            summary.update(val_masked_text_accuracy=jres["val"],
+                           val_masked_text_accuracy_shuffled_images=jres["val_shuffled_images"])
         beit3.eval()
-        print(f"masked text tokens on held-out pairs: {jres['val']:.3f} ({jres['val_shuffled_images']:.3f} "
-              f"with the images shuffled)")
-        if "val_itm" in jres:
-            print(f"image-text matching on held-out pairs: {jres['val_itm']:.3f}")
-            summary.update(val_itm_accuracy=jres["val_itm"])
-        summary.update(joint_steps=args.joint_steps, val_masked_text_accuracy=jres["val"],
-                       val_masked_text_accuracy_shuffled_images=jres["val_shuffled_images"],
-                       joint_seconds=round(jres["seconds"], 1))
+        summary.update(joint_steps=args.joint_steps, joint_objective=args.joint_objective,
+                       joint_cls_layers=args.joint_cls_layers,
+                       joint_params=args.joint_params, joint_lr=lr, joint_seconds=round(jres["seconds"], 1))
 
     for p in beit3.parameters():
         p.requires_grad_(False)

@@ -27,7 +27,7 @@ def test_pretrain_tiny_trains_each_path_and_train_loads_it(spm, tmp_path):
     summary = pt.main(pt.get_args_parser().parse_args(
         ["--beit3_spm", str(model_file), "--out", str(out), "--steps", "3", "--num_scenes", "8",
          "--val_scenes", "200", "--pretrain_batch_size", "4", "--text_steps", "150", "--text_records", "1500",
-         "--log_every", "50"]))
+         "--joint_steps", "0", "--log_every", "50"]))
     acc = summary["val_text_tag_accuracy"]
     tok = build_tokenizer("beit3", max_len=20, vocab_file=str(model_file), min_vocab=1)
     vrecs, _ = make_records(200, seed=1, split="val")
@@ -78,16 +78,17 @@ def test_pretrain_tiny_trains_each_path_and_train_loads_it(spm, tmp_path):
 
 
 def test_joint_phase_trains_both_experts_and_reports_image_use(spm, tmp_path):
-    """--joint_steps: masked language modelling on image-text pairs moves the experts of both modalities
-    (the attention between them only exists in the joint forward) and reports the held-out masked-token
-    accuracy with and without the matching images."""
+    """--joint_objective mlm --joint_params all: masked language modelling on image-text pairs moves the experts
+    of both modalities (the attention between them only exists in the joint forward) and reports the held-out
+    masked-token accuracy with and without the matching images."""
     import simvg.pretrain_tiny as pt
     model_file = spm / "tokenizers" / "spm.model"
     base = ["--beit3_spm", str(model_file), "--steps", "2", "--num_scenes", "8", "--val_scenes", "16",
-            "--pretrain_batch_size", "4", "--log_every", "50", "--fields", "kind,row"]
-    pt.main(pt.get_args_parser().parse_args(base + ["--out", str(tmp_path / "a.pth")]))
+            "--pretrain_batch_size", "4", "--log_every", "50", "--fields", "kind,row", "--text_steps", "0"]
+    pt.main(pt.get_args_parser().parse_args(base + ["--out", str(tmp_path / "a.pth"), "--joint_steps", "0"]))
     s = pt.main(pt.get_args_parser().parse_args(base + ["--out", str(tmp_path / "b.pth"), "--joint_steps", "3",
-                                                       "--joint_records", "32", "--joint_batch_size", "8"]))
+                                                       "--joint_records", "32", "--joint_batch_size", "8",
+                                                       "--joint_objective", "mlm", "--joint_params", "all"]))
     assert 0.0 <= s["val_masked_text_accuracy_shuffled_images"] <= 1.0 and 0.0 <= s["val_masked_text_accuracy"] <= 1.0
     a = torch.load(tmp_path / "a.pth", weights_only=False)["model"]
     b = torch.load(tmp_path / "b.pth", weights_only=False)["model"]
@@ -95,3 +96,31 @@ def test_joint_phase_trains_both_experts_and_reports_image_use(spm, tmp_path):
     assert "beit3.encoder.layers.0.self_attn.q_proj.A.weight" in moved
     assert "beit3.encoder.layers.0.self_attn.q_proj.B.weight" in moved
     assert "beit3.text_embed.weight" in moved and "beit3.vision_embed.mask_token" not in moved
+
+
+def test_joint_cls_tag_phase_moves_only_attention_and_the_cls(spm, tmp_path):
+    """The default joint phase (--joint_objective cls_tags --joint_params attention, referent tags on): the image
+    CLS learns to say what the paired expression says and what its referent is; only the attention blocks and
+    the CLS token move, the embeddings, FFNs and LayerNorms outside attention keep the image/text-phase values;
+    the held-out per-field accuracy is reported."""
+    import simvg.pretrain_tiny as pt
+    from vgcore.tagpretrain import REFERENT_FIELDS, TEXT_TAG_CLASSES
+    model_file = spm / "tokenizers" / "spm.model"
+    base = ["--beit3_spm", str(model_file), "--steps", "2", "--num_scenes", "8", "--val_scenes", "16",
+            "--pretrain_batch_size", "4", "--log_every", "50", "--fields", "kind,row", "--text_steps", "0"]
+    pt.main(pt.get_args_parser().parse_args(base + ["--out", str(tmp_path / "a.pth"), "--joint_steps", "0"]))
+    s = pt.main(pt.get_args_parser().parse_args(base + ["--out", str(tmp_path / "b.pth"), "--joint_steps", "3",
+                                                       "--joint_records", "32", "--joint_batch_size", "8"]))
+    assert s["joint_objective"] == "cls_tags" and s["joint_params"] == "attention" and s["joint_lr"] == 1e-3
+    assert s["joint_referent_weight"] == 1.0 and s["joint_cls_layers"] == "-2,output" and s["tag_layers"] == [-2, -1]
+    acc = s["val_joint_tag_accuracy"]
+    referent = {"referent_" + f for f in REFERENT_FIELDS}
+    assert set(acc) == set(TEXT_TAG_CLASSES) | referent and all(0.0 <= v <= 1.0 for v in acc.values())
+    a = torch.load(tmp_path / "a.pth", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b.pth", weights_only=False)["model"]
+    moved = {k for k in a if not torch.equal(a[k], b[k])}
+    assert "beit3.vision_embed.cls_token" in moved
+    assert "beit3.encoder.layers.0.self_attn.q_proj.A.weight" in moved
+    assert "beit3.encoder.layers.0.self_attn.q_proj.B.weight" in moved
+    assert all(pt.attention_parameter(k[len("beit3."):]) for k in moved), sorted(moved)
+    assert "beit3.text_embed.weight" not in moved and "beit3.encoder.layers.0.ffn.A.fc1.weight" not in moved
