@@ -2,27 +2,28 @@
 # SimVG's tiny preset on the built-in synthetic data, on the CPU (no downloads): the learning run of
 # tests/test_simvg_learning.py as one command.
 #   1. synthetic data (SeqTR layout, JPEG, plus the gRefCOCO-style split) with the quickstart's larger shapes;
-#   2. simvg/pretrain_tiny.py: the tiny BEiT-3 on kind / colour / row / col patch tags and on what the
-#      expressions say (scenes of another seed), the stand-in for the BEiT-3 weights SimVG starts from;
+#   2. simvg/pretrain_tiny.py on scenes of another seed, the stand-in for the BEiT-3 weights SimVG starts from:
+#      the tiny BEiT-3 on kind / colour / row / col patch tags, on what the expressions say, then (attention and
+#      object token only) the object token says what the paired expression says and what its referent is;
 #   3. simvg/train.py --preset onestage (DB + DWBD token branch, official losses) over that backbone at x0.2
 #      (official x0.1), lr 5e-4, batch 16, no LSJ, no warm-up, one x0.1 decay before the last epoch;
 #   4. simvg/eval.py on val (DB and TB Acc@0.5) and the trivial / noun-only baselines.
-# Measured alone on 2 cores (simvg/README.md, "Session 12"): with the default 2 training processes the whole
-# script takes 14.4 min (41-43 s per epoch) and gives DB 71.0% val Acc@0.5 (TB 26.4%), against 38.3% random
-# object and 69.5% noun-only; NPROC=1 (as tests/test_simvg_learning.py) 17 min (51 s per epoch), DB 72.6%, TB 23.6%.
-# gRefCOCO-style: DATASET=grefcoco EPOCHS=10 (10 queries): Pr@(F1=1) 28.2%, N-acc 43.6%.
+# Measured alone on 2 cores: see simvg/README.md, "Session 13" (figures also in the header of
+# tests/test_simvg_learning.py).  JOINT_STEPS=0 drops the joint phase (the TB then stays at a third of the DB).
+# gRefCOCO-style: DATASET=grefcoco (10 queries).
 # Usage: bash scripts/simvg/train_tiny_synthetic.sh [--dry-run]
-#   env: OUT (./outputs/simvg_tiny), EPOCHS (16), NUM_TRAIN (6000), PRETRAIN_STEPS (3000), TEXT_STEPS (400),
-#        VIS_MULT (0.2), DATASET (refcoco | grefcoco), QS_DEVICE (cpu), NPROC (2: training processes, gloo on the
+#   env: OUT (./outputs/simvg_tiny), EPOCHS (12), NUM_TRAIN (6000), PRETRAIN_STEPS (3000), TEXT_STEPS (400),
+#        JOINT_STEPS (2000), VIS_MULT (0.2), DATASET (refcoco | grefcoco), QS_DEVICE (cpu), NPROC (2: training processes, gloo on the
 #        CPU, one thread each; the global batch stays 16)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 vg_init "$@"
 OUT=${OUT:-./outputs/simvg_tiny}
-EPOCHS=${EPOCHS:-16}
+EPOCHS=${EPOCHS:-12}
 NUM_TRAIN=${NUM_TRAIN:-6000}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-3000}
 TEXT_STEPS=${TEXT_STEPS:-400}
+JOINT_STEPS=${JOINT_STEPS:-2000}
 VIS_MULT=${VIS_MULT:-0.2}
 DATASET=${DATASET:-refcoco}
 QS_DEVICE=${QS_DEVICE:-cpu}
@@ -36,7 +37,7 @@ COMMON=(--preset onestage --dataset "$DATASET" --backbone tiny --data_root "$DAT
 run python -m vgcore.data.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
     --formats seqtr --grec --image-format jpg "${SCENE[@]}"
 run python simvg/pretrain_tiny.py --beit3_spm "$DATA/tokenizers/spm.model" --out "$OUT/tiny_beit3.pth" \
-    --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" "${SCENE[@]}" --device "$QS_DEVICE" --log_every 500
+    --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" --joint_steps "$JOINT_STEPS" "${SCENE[@]}" --device "$QS_DEVICE" --log_every 500
 run python -m torch.distributed.launch --nproc_per_node="$NPROC" --master_port="$MASTER_PORT" --use_env \
     simvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$DATASET" --tensorboard 0 \
     --epochs "$EPOCHS" --batch_size "$((16 / NPROC))" --lr 5e-4 --lr_vis_enc_mult "$VIS_MULT" --warmup_epochs 0 \
