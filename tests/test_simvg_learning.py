@@ -2,8 +2,8 @@
 CPU.  Run with ``python -m pytest -q -s -m slow tests/test_simvg_learning.py``.
 
 Data: the quickstart's larger-shape scenes (``--object-scale 1.8 --max-objects 5``, 6,000 train / 500 val
-expressions, JPEG, SeqTR layout, plus the gRefCOCO-style split).  Backbone: ``simvg/pretrain_tiny.py`` with its
-defaults (scenes and expressions of seed 1): 3,000 image steps on kind / colour / row / col patch tags after the
+expressions, JPEG, SeqTR layout, plus the gRefCOCO-style split).  Backbone: ``simvg/pretrain_tiny.py`` at its
+defaults, pinned by the flags below (scenes and expressions of seed 1): 3,000 image steps on kind / colour / row / col patch tags after the
 last two layers, 400 text steps, 2,000 joint steps in which only the attention blocks and the object token
 train, so that the object token says what the expression says and what its referent is.  It is the stand-in
 for the BEiT-3 weights SimVG starts from (simvg/README.md, "Session 13").
