@@ -198,10 +198,17 @@ def main(args: argparse.Namespace) -> dict:
                "text_steps": args.text_steps, "vocab_size": tokenizer.vocab_size, "position_std": args.position_std,
                "tag_features": args.tag_features, "tag_layers": tag_layers}
 
+    made = {}
+
+    def records(num, split):  # the text and joint phases draw the same stream: generate each (num, split) once
+        if (num, split) not in made:
+            made[num, split] = make_records(num, seed=args.scene_seed, split=split, **opts)
+        return made[num, split]
+
     if args.text_steps > 0:
         beit3.train()
-        trecs, _ = make_records(args.text_records, seed=args.scene_seed, split="train", **opts)
-        tvrecs, _ = make_records(max(args.val_scenes, 1), seed=args.scene_seed, split="val", **opts)
+        trecs, _ = records(args.text_records, "train")
+        tvrecs, _ = records(max(args.val_scenes, 1), "val")
         ttrain, tval = ExpressionTagDataset(trecs, tokenizer), ExpressionTagDataset(tvrecs, tokenizer)
 
         def encode(ids, mask):  # mask: True = token
@@ -219,8 +226,8 @@ def main(args: argparse.Namespace) -> dict:
 
     if args.joint_steps > 0:
         beit3.train()
-        jrecs, jimgs = make_records(args.joint_records, seed=args.scene_seed, split="train", **opts)
-        jvrecs, jvimgs = make_records(max(args.val_scenes, 1), seed=args.scene_seed, split="val", **opts)
+        jrecs, jimgs = records(args.joint_records, "train")
+        jvrecs, jvimgs = records(max(args.val_scenes, 1), "val")
         jtrain = ImageTextDataset(jrecs, jimgs, transform, tokenizer, match=described_present(jrecs))
         jval = ImageTextDataset(jvrecs, jvimgs, transform, tokenizer, match=described_present(jvrecs))
 

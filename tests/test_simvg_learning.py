@@ -58,7 +58,7 @@ def syn(tmp_path_factory):
 
 def _common(syn, out):
     return ["--backbone", "tiny", "--data_root", str(syn / "seqtr"), "--image_root", str(syn / "images"),
-            "--beit3_spm", str(syn / "tokenizers" / "spm.model"), "--device", "cpu", "--num_workers", "1",
+            "--beit3_spm", str(syn / "tokenizers" / "spm.model"), "--device", "cpu", "--num_workers", "0",
             "--output_dir", str(out), "--tensorboard", "0"]
 
 
