@@ -19,7 +19,7 @@ single-target samples, N-acc 0), N-acc above 0.
 Measured on the 2-core machine, alone (2026-12-04, session 14): data + backbone pretraining 5.8 min; REC 12
 epochs, 7.4 min, DB 81.8% (best trivial 38.3%, noun-only 69.5%), TB 80.8%; GREC 10 epochs, 7.0 min, DB Pr 38.2%
 (no-target 20.2%, one box 26.2%), N-acc 41.6%.  3 passed in 20.4 min.  ``--num_workers 0`` keeps both cores for
-the model's process (with one worker it gets one thread: 57 s an epoch instead of 35 s; simvg/README.md,
+the model's process (with one worker it gets one thread: 39 s a training epoch instead of 35 s; simvg/README.md,
 "Session 14"); the REC run is then the one of scripts/simvg/train_tiny_synthetic.sh.
 
 Recipe (a from-scratch deviation from the official fine-tuning recipe; the loss structure is the official one):
