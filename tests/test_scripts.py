@@ -106,7 +106,9 @@ def test_bash_syntax(path):
 @pytest.mark.parametrize("path", _runnable(), ids=_ids(_runnable()))
 def test_dry_run_prints_launch_commands(path, tmp_path):
     rel = str(path.relative_to(SCRIPTS))
-    stdout = _dry_run(rel, out_root=str(tmp_path / "out"))
+    # the CPU quickstart trains in one plain process by default (test_tiny_synthetic_default_is_one_process)
+    env = (("NPROC", "2"),) if rel in TINY_ONE_PROCESS else ()
+    stdout = _dry_run(rel, out_root=str(tmp_path / "out"), extra_env=env)
     cmds = _commands(stdout)
     assert cmds, f"{rel}: dry run printed no command"
     targets = [t for t in map(_launch_target, cmds) if t]
@@ -121,6 +123,30 @@ def test_dry_run_prints_launch_commands(path, tmp_path):
         expected = {f"{method}/eval.py" if path.name.startswith("eval") else f"{method}/train.py"}
     assert expected <= {t[0] for t in targets}, f"{rel}: expected launches of {expected}"
     assert not (tmp_path / "out").exists(), f"{rel}: the dry run created files"
+
+
+TINY_ONE_PROCESS = ("simvg/train_tiny_synthetic.sh",)
+
+
+@pytest.mark.parametrize("rel", TINY_ONE_PROCESS)
+def test_tiny_synthetic_default_is_one_process(rel, tmp_path):
+    """On the CPU one process on every core with in-process loading is the fastest layout (simvg/README.md,
+    "Session 14"): the default prints plain `python <method>/train.py` with the whole batch of 16 and no loader
+    worker; NPROC=2 splits the same batch over two launched processes."""
+    method = rel.split("/")[0]
+    for nproc, batch in (("", "16"), ("2", "8")):
+        env = (("NPROC", nproc),) if nproc else ()
+        cmds = _commands(_dry_run(rel, out_root=str(tmp_path / "out"), extra_env=env))
+        train = [c for c in cmds if f"{method}/train.py" in c]
+        assert len(train) == 1, cmds
+        cmd = train[0]
+        launched = "torch.distributed.launch" in cmd
+        assert launched == bool(nproc), cmd
+        flags = _flags(cmd[cmd.index(f"{method}/train.py") + 1:])
+        assert flags["batch_size"] == [batch] and flags["num_workers"] == ["0"], flags
+        if not launched:
+            assert cmd[:2] == ["python", f"{method}/train.py"], cmd
+    assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_flag_equals_env():
