@@ -32,29 +32,28 @@ DATASET=${DATASET:-refcoco}
 QS_DEVICE=${QS_DEVICE:-cpu}
 NPROC=${NPROC:-1}
 LOADER_WORKERS=${LOADER_WORKERS:-0}
-MASTER_PORT=${MASTER_PORT:-29500}
 DATA=$OUT/data
 SCENE=(--object-scale 1.8 --max-objects 5)
 COMMON=(--preset onestage --dataset "$DATASET" --backbone tiny --data_root "$DATA/seqtr" --image_root "$DATA/images"
         --beit3_spm "$DATA/tokenizers/spm.model" --device "$QS_DEVICE" --num_workers "$LOADER_WORKERS")
 
-run python -m vgcore.data.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
+run "$PYTHON" -m vgcore.data.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
     --formats seqtr --grec --image-format jpg "${SCENE[@]}"
-run python simvg/pretrain_tiny.py --beit3_spm "$DATA/tokenizers/spm.model" --out "$OUT/tiny_beit3.pth" \
+run "$PYTHON" simvg/pretrain_tiny.py --beit3_spm "$DATA/tokenizers/spm.model" --out "$OUT/tiny_beit3.pth" \
     --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" --joint_steps "$JOINT_STEPS" "${SCENE[@]}" --device "$QS_DEVICE" --log_every 500
 if [ "$NPROC" -gt 1 ]; then
-    TRAIN=(python -m torch.distributed.launch --nproc_per_node="$NPROC" --master_port="$MASTER_PORT" --use_env)
+    NGPU=$NPROC TRAIN=(vg_launch)  # lib.sh: torch.distributed.launch --nproc_per_node=$NGPU --use_env
 else
-    TRAIN=(python)
+    TRAIN=(run "$PYTHON")
 fi
-run "${TRAIN[@]}" simvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$DATASET" --tensorboard 0 \
+"${TRAIN[@]}" simvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$DATASET" --tensorboard 0 \
     --epochs "$EPOCHS" --batch_size "$((16 / NPROC))" --lr 5e-4 --lr_vis_enc_mult "$VIS_MULT" --warmup_epochs 0 \
     --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --no_lsj --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100
-run python simvg/eval.py "${COMMON[@]}" --load_from "$OUT/$DATASET/det_best.pth" --eval_sets val \
+run "$PYTHON" simvg/eval.py "${COMMON[@]}" --load_from "$OUT/$DATASET/det_best.pth" --eval_sets val \
     --output_dir "$OUT/$DATASET"
 if [ "$DATASET" != grefcoco ]; then
     for branch in decoder token; do
-        run python scripts/baselines.py --data "$DATA" --split val --format seqtr \
+        run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --format seqtr \
             --metrics "$OUT/$DATASET/eval_${DATASET}_val.json" --key "$branch/acc@0.5" --out "$OUT/${branch}_vs_baselines.json"
     done
 fi
