@@ -3,7 +3,7 @@
 HiVG starts from a pretrained CLIP and keeps its base weights frozen (stage 0 trains the bridges, the fusion
 encoder and the heads).  The tiny preset has no such weights offline, and from random initialisation its
 vision tower does not learn the shape kinds within a CPU budget (hivg/README.md, "Learning diagnosis, session
-6").  This script trains the tower alone on per-patch kind/colour labels of synthetic scenes (`vgcore.tagpretrain`)
+6").  This script trains the tower alone on per-patch kind/colour labels of synthetic scenes (`vgcore.synthetic.tagpretrain`)
 and writes the CLIP weights as a file that ``hivg/train.py --clip_dir FILE`` loads like any pretrained CLIP:
 
     python hivg/pretrain_tiny.py --model tiny --imsize 128 --max_query_len 20 --steps 3000 --text_steps 400 \
@@ -12,7 +12,7 @@ and writes the CLIP weights as a file that ``hivg/train.py --clip_dir FILE`` loa
 
 With ``--text_steps N`` the text tower's CLIP base weights are pretrained too, for N steps, to say what a
 synthetic expression says (the head noun phrase's kind / colour / size, the expression type, the direction, the
-ordinal and the anchor: `vgcore.tagpretrain.program_tags`, read off the pooled EOT feature): the stand-in for the
+ordinal and the anchor: `vgcore.synthetic.tagpretrain.program_tags`, read off the pooled EOT feature): the stand-in for the
 text half of CLIP pretraining.  ``hivg/train.py`` then keeps both towers frozen (its default ``--train_clip
 none``), as the official stage 0 keeps CLIP, and trains the bridges, the fusion encoder and the heads: this is
 the quickstart's recipe (hivg/README.md, "Learning diagnosis, session 11").  Without ``--text_steps`` the text
@@ -37,7 +37,7 @@ from hivg.lora import merge_lora
 from vgcore import dist
 from vgcore.checkpoint import atomic_save
 from vgcore.data.transforms import build_transforms
-from vgcore.tagpretrain import (ExpressionTagDataset, SceneTagDataset, make_records, make_scenes, pretrain_tags,
+from vgcore.synthetic.tagpretrain import (ExpressionTagDataset, SceneTagDataset, make_records, make_scenes, pretrain_tags,
                                 pretrain_text_tags, tag_accuracy)
 from vgcore.text import build_tokenizer
 from vgcore.trainer import MODEL_FORMAT
@@ -68,7 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "with drop, 44.4%% with merge, 37.2%% with none; why is not understood yet")
     g.add_argument("--text_steps", type=int, default=0,
                    help="then train the text tower's CLIP base weights for this many steps to say what a synthetic "
-                        "expression says (head noun phrase, type, direction, anchor: vgcore.tagpretrain.program_tags); "
+                        "expression says (head noun phrase, type, direction, anchor: vgcore.synthetic.tagpretrain.program_tags); "
                         "0 leaves it at its initialisation")
     g.add_argument("--text_records", type=int, default=6000, help="training expressions (scene seed --scene_seed)")
     g.add_argument("--text_batch_size", type=int, default=64)

@@ -2,7 +2,7 @@
 
     python scripts/baselines.py --data DIR --split val --metrics OUT/eval_unc_val.json --out summary.json
 
-Baselines (vgcore.data.baselines, exact expectations, no sampling): centre box, largest object, random
+Baselines (vgcore.synthetic.baselines, exact expectations, no sampling): centre box, largest object, random
 object (the "trivial" ones) and noun-only (a random object of the kind the expression names).
 """
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vgcore.data.baselines import noun_only_baseline, trivial_baselines  # noqa: E402
-from vgcore.data.synthetic import load_synthetic  # noqa: E402
+from vgcore.synthetic.baselines import noun_only_baseline, trivial_baselines  # noqa: E402
+from vgcore.synthetic.scenes import load_synthetic  # noqa: E402
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="synthetic dataset folder (python -m vgcore.data.synthetic --out)")
+    ap.add_argument("--data", required=True, help="synthetic dataset folder (python -m vgcore.synthetic --out)")
     ap.add_argument("--split", default="val")
     ap.add_argument("--metrics", required=True, help="eval JSON with an 'acc@0.5' entry")
     ap.add_argument("--key", default="acc@0.5", help="metric key (simvg/eval.py: decoder/acc@0.5 or token/acc@0.5)")

@@ -48,7 +48,7 @@ BATCH=$((32 / QS_NPROC))  # per process, as --batch_size is per GPU in the offic
 DATA=$OUT/data
 MODEL_FLAGS=(--model tiny --dataset unc --imsize 128 --max_query_len 20 --normalize_before --enable_adaptive_weights)
 
-run python -m vgcore.data.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
+run python -m vgcore.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
     --formats transvg "${SCENE[@]+"${SCENE[@]}"}"
 run python hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" --seed "$SEED" "${SCENE[@]+"${SCENE[@]}"}" --device "$QS_DEVICE" \
     --out "$OUT/tiny_clip.pth"

@@ -3,7 +3,7 @@
 SimVG starts from BEiT-3 weights pretrained on web data; none are available offline, and the tiny preset
 trained from random initialisation by the box and class losses alone stays at the constant-box plateau within
 a CPU budget (simvg/README.md).  This script trains the tiny multiway backbone the way `hivg/pretrain_tiny.py`
-trains HiVG's tiny CLIP (`vgcore.tagpretrain`), after re-drawing the position tables at N(0, 0.02)
+trains HiVG's tiny CLIP (`vgcore.synthetic.tagpretrain`), after re-drawing the position tables at N(0, 0.02)
 (``--position_std``; the official N(0, 1) init drowns the token embeddings of a width-128 model):
 
 * image phase: the vision path (patch embedding, CLS, vision position table, every expert ``A``) on per-patch
@@ -12,13 +12,13 @@ trains HiVG's tiny CLIP (`vgcore.tagpretrain`), after re-drawing the position ta
   image-only (every token goes through expert A), read off the residual stream after the last two layers
   (``--tag_layers``: the kinds must be readable before the last layer, where the object token picks its target);
 * text phase (``--text_steps``): the text path (token embedding, text position table, every expert ``B``) on
-  what a synthetic expression says (`vgcore.tagpretrain.program_tags`), text-only, read off the mean of the
+  what a synthetic expression says (`vgcore.synthetic.tagpretrain.program_tags`), text-only, read off the mean of the
   text tokens;
 * joint phase (``--joint_steps``), image-text pairs, only the attention blocks and the CLS token train
   (``--joint_params``): the image CLS, SimVG's object token, must say what the paired expression says (read
   after the second-to-last layer and at the output, ``--joint_cls_layers``) and, at the output, what the
   object it describes looks like and which grid cell it is in (``--joint_referent_weight``;
-  `vgcore.tagpretrain.pretrain_joint_tags`).  This is a grounded objective on a separate corpus, the stand-in
+  `vgcore.synthetic.tagpretrain.pretrain_joint_tags`).  This is a grounded objective on a separate corpus, the stand-in
   for the web-scale image-text pretraining whose object token SimVG's token branch reads: without it the CLS
   never learns to select its target within a CPU budget and the TB stays at a third of the DB (simvg/README.md,
   "Session 13").  ``--joint_objective mlm`` is masked language modelling instead (BEiT-3's vision-language
@@ -28,7 +28,7 @@ The image and text paths share no parameter (every Linear and LayerNorm of BEiT-
 phases do not interfere.  The output is an official-layout
 BEiT-3 checkpoint (``{"model": {"beit3.<name>": tensor}}``) that ``simvg/train.py --backbone tiny
 --beit3_ckpt FILE`` loads strictly, like the released ``beit3_base_patch16_224.pth``.  The tiny vocabulary is
-the synthetic corpus' sentencepiece model (``--beit3_spm``, from ``python -m vgcore.data.synthetic``), and the
+the synthetic corpus' sentencepiece model (``--beit3_spm``, from ``python -m vgcore.synthetic``), and the
 grounding run must use the same one.  Scenes and expressions come from ``--scene_seed`` (default 1), not the
 grounding data's seed 0.
 
@@ -51,7 +51,7 @@ from simvg.model import build_model
 from vgcore import dist
 from vgcore.checkpoint import atomic_save
 from vgcore.data.transforms import build_transforms
-from vgcore.tagpretrain import (ExpressionTagDataset, ImageTextDataset, SceneTagDataset, described_present,
+from vgcore.synthetic.tagpretrain import (ExpressionTagDataset, ImageTextDataset, SceneTagDataset, described_present,
                                 make_records, make_scenes, pretrain_joint_tags, pretrain_masked_text, pretrain_tags,
                                 pretrain_text_tags, tag_accuracy)
 from vgcore.text import build_tokenizer

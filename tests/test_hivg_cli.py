@@ -16,7 +16,7 @@ TINY = ["--model", "tiny", "--dataset", "unc", "--imsize", "64", "--max_query_le
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    from vgcore.data.synthetic import generate
+    from vgcore.synthetic.scenes import generate
 
     out = tmp_path_factory.mktemp("syn")
     generate(out, num_train=48, num_val=13, num_test=4, seed=3, formats=("transvg",), tokenizers=False, verbose=False)

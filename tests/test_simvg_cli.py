@@ -28,7 +28,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    from vgcore.data.synthetic import generate
+    from vgcore.synthetic.scenes import generate
     out = tmp_path_factory.mktemp("simvg_syn")
     generate(out, num_train=24, num_val=24, num_test=12, seed=3, formats=("seqtr",), grec=True,
              image_format="jpg", verbose=False)
@@ -136,7 +136,7 @@ def _forced_score_model(syn, path, bias: float):
 
 
 def test_grec_eval_closed_form(syn, tmp_path):
-    from vgcore.data.synthetic import load_synthetic
+    from vgcore.synthetic.scenes import load_synthetic
     recs = load_synthetic(syn, "val", fmt="seqtr", grec=True)
     n, n_nt = len(recs), sum(r.is_no_target for r in recs)
     assert 0 < n_nt < n

@@ -45,7 +45,7 @@ SCENE = dict(object_scale=1.8, max_objects=5)
 def syn(tmp_path_factory):
     """Synthetic data + the tag-pretrained tiny BEiT-3 (its vocabulary is this data's spm.model)."""
     import simvg.pretrain_tiny as pt
-    from vgcore.data.synthetic import generate
+    from vgcore.synthetic.scenes import generate
     out = tmp_path_factory.mktemp("simvg_learn")
     t0 = time.time()
     generate(out, num_train=6000, num_val=500, num_test=50, seed=0, formats=("seqtr",), grec=True,
@@ -84,8 +84,8 @@ def _train_eval(syn, out, dataset, extra):
 
 @pytest.fixture(scope="module")
 def rec(syn, tmp_path_factory):
-    from vgcore.data.baselines import noun_only_baseline, trivial_baselines
-    from vgcore.data.synthetic import load_synthetic
+    from vgcore.synthetic.baselines import noun_only_baseline, trivial_baselines
+    from vgcore.synthetic.scenes import load_synthetic
     val = load_synthetic(syn, "val", fmt="seqtr")
     base = trivial_baselines(val, train_records=load_synthetic(syn, "train", fmt="seqtr"))
     noun = noun_only_baseline(val)
@@ -109,8 +109,8 @@ def test_rec_token_branch_follows(rec):
 
 def test_grec_beats_trivial_baselines(syn, tmp_path):
     import numpy as np
-    from vgcore.data.baselines import iou_xyxy
-    from vgcore.data.synthetic import load_synthetic
+    from vgcore.synthetic.baselines import iou_xyxy
+    from vgcore.synthetic.scenes import load_synthetic
     val = load_synthetic(syn, "val", fmt="seqtr", grec=True)
     n = len(val)
     no_target = sum(r.is_no_target for r in val) / n

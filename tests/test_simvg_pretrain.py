@@ -7,7 +7,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def spm(tmp_path_factory):
-    from vgcore.data.synthetic import generate
+    from vgcore.synthetic.scenes import generate
     out = tmp_path_factory.mktemp("simvg_pre")
     generate(out, num_train=60, num_val=12, num_test=6, seed=3, formats=("seqtr",), image_format="jpg",
              verbose=False)
@@ -17,9 +17,9 @@ def spm(tmp_path_factory):
 def test_pretrain_tiny_trains_each_path_and_train_loads_it(spm, tmp_path):
     import simvg.pretrain_tiny as pt
     from simvg.model import build_model
-    from vgcore.data.synthetic import make_records
+    from vgcore.synthetic.scenes import make_records
     from vgcore.models.beit3 import load_beit3_pretrained
-    from vgcore.tagpretrain import TEXT_TAG_CLASSES, ExpressionTagDataset
+    from vgcore.synthetic.tagpretrain import TEXT_TAG_CLASSES, ExpressionTagDataset
     from vgcore.text import build_tokenizer
 
     model_file = spm / "tokenizers" / "spm.model"
@@ -104,7 +104,7 @@ def test_joint_cls_tag_phase_moves_only_attention_and_the_cls(spm, tmp_path):
     the CLS token move, the embeddings, FFNs and LayerNorms outside attention keep the image/text-phase values;
     the held-out per-field accuracy is reported."""
     import simvg.pretrain_tiny as pt
-    from vgcore.tagpretrain import REFERENT_FIELDS, TEXT_TAG_CLASSES
+    from vgcore.synthetic.tagpretrain import REFERENT_FIELDS, TEXT_TAG_CLASSES
     model_file = spm / "tokenizers" / "spm.model"
     base = ["--beit3_spm", str(model_file), "--steps", "2", "--num_scenes", "8", "--val_scenes", "16",
             "--pretrain_batch_size", "4", "--log_every", "50", "--fields", "kind,row", "--text_steps", "0"]

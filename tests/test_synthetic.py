@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vgcore.data import synthetic as syn
-from vgcore.data.baselines import iou_xyxy, noun_only_baseline, trivial_baselines
+from vgcore.synthetic import scenes as syn
+from vgcore.synthetic.baselines import iou_xyxy, noun_only_baseline, trivial_baselines
 from vgcore.data.sample import Record
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2 copy= warning

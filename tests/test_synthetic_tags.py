@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vgcore.data.synthetic import TAG_CLASSES, make_records, patch_tags, scene_tag_maps
+from vgcore.synthetic.scenes import TAG_CLASSES, make_records, patch_tags, scene_tag_maps
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,20 @@
-"""Dense-tag pretraining (`vgcore.tagpretrain`, `hivg/pretrain_tiny.py`): the labels follow the scenes, the tiny
+"""Dense-tag pretraining (`vgcore.synthetic.tagpretrain`, `hivg/pretrain_tiny.py`): the labels follow the scenes, the tiny
 tower learns them, and the written CLIP file loads into hivg/train.py with the image tower frozen."""
 import numpy as np
 import pytest
 import torch
 
-from vgcore.data.synthetic import TAG_CLASSES, scene_tag_maps
+from vgcore.synthetic.scenes import TAG_CLASSES, scene_tag_maps
 from vgcore.data.transforms import build_transforms
-from vgcore.tagpretrain import SceneTagDataset, pretrain_tags, tag_accuracy
-from vgcore.tagpretrain import make_scenes
+from vgcore.synthetic.tagpretrain import SceneTagDataset, pretrain_tags, tag_accuracy
+from vgcore.synthetic.tagpretrain import make_scenes
 
 TINY = ["--model", "tiny", "--dataset", "unc", "--imsize", "64", "--max_query_len", "12", "--normalize_before",
         "--enable_adaptive_weights"]
 
 
 def test_make_scenes_one_per_scene_and_deterministic():
-    from vgcore.data.synthetic import make_records
+    from vgcore.synthetic.scenes import make_records
 
     recs, imgs = make_scenes(30, seed=4)
     assert len(recs) == 30 == len({r.image_path for r in recs}) == len(imgs)
@@ -177,8 +177,8 @@ def test_train_clip_flag_values():
 
 
 def test_program_tags_say_what_the_expression_says():
-    from vgcore.data.synthetic import make_records, parse_expression
-    from vgcore.tagpretrain import TEXT_TAG_CLASSES, program_tags
+    from vgcore.synthetic.scenes import make_records, parse_expression
+    from vgcore.synthetic.tagpretrain import TEXT_TAG_CLASSES, program_tags
 
     p = {"type": "rel", "np": {"kind": "star", "color": "purple", "size": None, "plural": False},
          "anchor": {"kind": "cross", "color": None, "size": "small", "plural": False}, "rel": "right"}
@@ -202,8 +202,8 @@ def test_text_tower_learns_to_parse_and_pretrain_tiny_saves_it(tmp_path):
     """The text phase of hivg/pretrain_tiny.py: the tiny text tower learns the program tags of held-out
     expressions far above the majority class, and the written file carries the trained text tower."""
     import hivg.pretrain_tiny as pt
-    from vgcore.data.synthetic import make_records
-    from vgcore.tagpretrain import TEXT_TAG_CLASSES, ExpressionTagDataset
+    from vgcore.synthetic.scenes import make_records
+    from vgcore.synthetic.tagpretrain import TEXT_TAG_CLASSES, ExpressionTagDataset
     from vgcore.text import build_tokenizer
 
     out = tmp_path / "tiny_clip.pth"
@@ -224,7 +224,7 @@ def test_text_tower_learns_to_parse_and_pretrain_tiny_saves_it(tmp_path):
 
 
 def test_mask_tokens_hides_inner_tokens_only():
-    from vgcore.tagpretrain import mask_tokens
+    from vgcore.synthetic.tagpretrain import mask_tokens
     ids = torch.tensor([[0, 5, 6, 7, 2, 1, 1], [0, 9, 2, 1, 1, 1, 1], [0, 2, 1, 1, 1, 1, 1]])
     mask = ids != 1
     inp, tgt = mask_tokens(ids, mask, mask_id=99, prob=1.0)
@@ -241,8 +241,8 @@ def test_mask_tokens_hides_inner_tokens_only():
 
 
 def test_referent_tags_follow_the_described_object():
-    from vgcore.data.synthetic import COLORS, KINDS, SIZES, make_records
-    from vgcore.tagpretrain import referent_tags
+    from vgcore.synthetic.scenes import COLORS, KINDS, SIZES, make_records
+    from vgcore.synthetic.tagpretrain import referent_tags
 
     recs, _ = make_records(300, seed=2, split="train", grec=True)  # gRefCOCO-style: no- and multi-target too
     tags = referent_tags(recs, grid=8)
@@ -265,8 +265,8 @@ def test_referent_tags_follow_the_described_object():
 def test_joint_tags_learn_through_the_pooled_feature():
     """`pretrain_joint_tags`: heads on a pooled joint feature learn what held-out expressions say, and the
     referent's kind, far above the majority class (a bag of tokens knows the kind the expression names)."""
-    from vgcore.data.synthetic import make_records
-    from vgcore.tagpretrain import (TEXT_TAG_CLASSES, ImageTextDataset, pretrain_joint_tags, record_tags,
+    from vgcore.synthetic.scenes import make_records
+    from vgcore.synthetic.tagpretrain import (TEXT_TAG_CLASSES, ImageTextDataset, pretrain_joint_tags, record_tags,
                                     referent_tags)
     from vgcore.text import build_tokenizer
 

@@ -37,7 +37,7 @@ SCENE=(--object-scale 1.8 --max-objects 5)
 COMMON=(--preset onestage --dataset "$DATASET" --backbone tiny --data_root "$DATA/seqtr" --image_root "$DATA/images"
         --beit3_spm "$DATA/tokenizers/spm.model" --device "$QS_DEVICE" --num_workers "$LOADER_WORKERS")
 
-run "$PYTHON" -m vgcore.data.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
+run "$PYTHON" -m vgcore.synthetic.scenes --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
     --formats seqtr --grec --image-format jpg "${SCENE[@]}"
 run "$PYTHON" simvg/pretrain_tiny.py --beit3_spm "$DATA/tokenizers/spm.model" --out "$OUT/tiny_beit3.pth" \
     --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" --joint_steps "$JOINT_STEPS" "${SCENE[@]}" --device "$QS_DEVICE" --log_every 500

@@ -4,7 +4,7 @@ at the expression (or the image).
 Every baseline is scored on the single-target records only (multi-/no-target records are skipped) and
 needs the scene's object list in ``record.extra["objects"]``: dicts with ``category`` and ``box`` (xyxy
 pixels; optional ``area`` in pixels), or ``(category, xyxy)`` tuples -- the synthetic generator stores
-them, and `vgcore.data.synthetic.load_synthetic` re-attaches them from ``scenes.json``.
+them, and `vgcore.synthetic.scenes.load_synthetic` re-attaches them from ``scenes.json``.
 
 Definitions (a "hit" is IoU >= 0.5 with the target box, the reference codes' Acc@0.5 rule):
   center_box      a box centred in the image whose width/height are the mean *relative* target width/height

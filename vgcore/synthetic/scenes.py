@@ -35,7 +35,7 @@ same seed gives identical records and identical PNG bytes.
 
 Command line::
 
-    python -m vgcore.data.synthetic --out DIR [--num-train N --num-val N --num-test N --seed S
+    python -m vgcore.synthetic --out DIR [--num-train N --num-val N --num-test N --seed S
                                       --formats transvg,refer,seqtr --grec
                                       --min-objects 3 --max-objects 8 --object-scale 1]
 
@@ -75,8 +75,8 @@ from typing import Optional, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .masks import decode_mask
-from .sample import Record
+from ..data.masks import decode_mask
+from ..data.sample import Record
 
 __all__ = [
     "KINDS", "COLORS", "SIZES", "VOCAB", "SPLITS", "KIND_GROUPS", "CATEGORY_IDS",
@@ -903,7 +903,7 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
 def _read_meta(out: Path) -> dict:
     p = out / "meta.json"
     if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: not a synthetic dataset directory (run python -m vgcore.data.synthetic)")
+        raise FileNotFoundError(f"{p} not found: not a synthetic dataset directory (run python -m vgcore.synthetic)")
     with open(p) as f:
         return json.load(f)
 
@@ -935,14 +935,14 @@ def load_synthetic(out_dir, split: str, fmt: str = "transvg", grec: bool = False
     if fmt == "transvg":
         if grec:
             raise ValueError("the TransVG split files hold one box per sample: no grec variant (use refer or seqtr)")
-        from .formats import transvg
+        from ..data.formats import transvg
         recs = transvg.read_split(str(out / "split" / "data" / "unc" / f"unc_{split}.pth"), "unc", image_root=img_root)
     elif fmt == "refer":
-        from .formats import refer
+        from ..data.formats import refer
         recs = refer.read_refer(str(out / "refer"), "grefcoco" if grec else "refcoco", "unc",
                                 split=split, image_root=img_root)
     elif fmt == "seqtr":
-        from .formats import seqtr
+        from ..data.formats import seqtr
         name = "grefs" if grec else "refcoco-unc"
         ext = _read_meta(out).get("image_format", "png")
         recs = seqtr.read_seqtr(str(out / "seqtr" / "annotations" / name / "instances.json"), split,

@@ -5,10 +5,10 @@ are available offline, and a tiny tower trained from random initialisation by th
 does not learn the shape kinds within a CPU budget (hivg/README.md, "Learning diagnosis, session 6").  This
 module stands in for that pretraining: every patch of a synthetic scene, seen through the method's own
 evaluation transform, is labelled with the kind / colour / size of the shape that covers it
-(`vgcore.data.synthetic.scene_tag_maps` + `patch_tags`), and a linear probe per field on the tower's patch
+(`vgcore.synthetic.scenes.scene_tag_maps` + `patch_tags`), and a linear probe per field on the tower's patch
 features is trained with cross-entropy.  Use scenes of a seed the grounding data does not use.
 
-    recs, images = make_scenes(6000, seed=1)  # vgcore.data.synthetic, re-exported here
+    recs, images = make_scenes(6000, seed=1)  # vgcore.synthetic.scenes, re-exported here
     train = SceneTagDataset(recs, images, build_transforms("hivg", train=False, imsize=128), patch=16)
     result = pretrain_tags(lambda x: tower(x)[0][-1][:, 1:], tower.parameters(), train, steps=3000)
 
@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.synthetic import COLORS, KINDS, SIZES, TAG_CLASSES, make_records, make_scenes, patch_tags, scene_tag_maps
+from .scenes import COLORS, KINDS, SIZES, TAG_CLASSES, make_records, make_scenes, patch_tags, scene_tag_maps
 
 POSITION_FIELDS = ("row", "col")  # per-patch grid position (label = index + 1 on every patch, no background)
 
@@ -68,7 +68,7 @@ class SceneTagDataset(torch.utils.data.Dataset):
                  fields: Sequence[str] = ("kind", "color"), min_fraction: float = 0.3):
         from PIL import Image
 
-        from .data.dataset import GroundingDataset
+        from ..data.dataset import GroundingDataset
 
         bad = [f for f in fields if f not in TAG_CLASSES and f not in POSITION_FIELDS]
         if bad:
@@ -363,7 +363,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
                  match: Optional[Callable[[int, int], bool]] = None):
         from PIL import Image
 
-        from .data.dataset import GroundingDataset
+        from ..data.dataset import GroundingDataset
 
         missing = [r.image_path for r in records if r.image_path not in images]
         if missing:
