@@ -21,11 +21,12 @@ grid, and the official loaders do not transpose either.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import DataError, DataWarning
 
 __all__ = ["load_image", "image_size", "DataError"]
 
@@ -61,8 +62,9 @@ def load_image(path, record=None, check_size: bool = False) -> Image.Image:
     """Open `path` fully decoded as an RGB PIL image (see module docstring for the mode rules).
 
     Raises `DataError` naming the file, the sample (``record.key()`` when `record` is given) and the problem
-    when the file is missing, not an image, truncated or corrupt.  With ``check_size=True`` and a record that
-    carries height/width, a size mismatch (image vs annotation) is also an error.
+    when the file is missing, not an image, truncated or corrupt.  When the record carries height/width and
+    the decoded image has another size, a `DataWarning` names the file, the sample and both sizes (the boxes
+    are read in the stored pixel grid, so they may be off); with ``check_size=True`` that is an error instead.
     """
     try:
         with Image.open(path) as img:
@@ -78,10 +80,13 @@ def load_image(path, record=None, check_size: bool = False) -> Image.Image:
         raise DataError(f"{_where(path, record)}: not a recognised image file (corrupt or wrong format): {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{_where(path, record)}: corrupt or truncated image file: {e}") from None
-    if check_size and record is not None and record.height is not None and record.width is not None:
+    if record is not None and record.height is not None and record.width is not None:
         if (out.height, out.width) != (int(record.height), int(record.width)):
-            raise DataError(f"{_where(path, record)}: image is {out.height}x{out.width} (h x w) but the annotation "
-                            f"says {record.height}x{record.width}")
+            msg = (f"{_where(path, record)}: image is {out.height}x{out.width} (h x w) but the annotation "
+                   f"says {int(record.height)}x{int(record.width)}")
+            if check_size:
+                raise DataError(msg)
+            warnings.warn(msg + "; the boxes are used as stored", DataWarning, stacklevel=2)
     return out
 
 
