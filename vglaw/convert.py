@@ -182,12 +182,14 @@ def write_mindspore_ckpt(sd: Dict[str, torch.Tensor], path=None) -> bytes:
 
 # ----------------------------------------------------------------------------------- detectron2 pickle
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Reconstructs numpy arrays, dtypes and scalars plus builtin containers; refuses every other global."""
+    """Reconstructs numpy arrays, dtypes and scalars plus builtin containers (and the byte-string codec
+    protocol-2 pickles use); refuses every other global."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how protocol-2 pickles store bytes (array buffers): str -> bytes only
     }
 
     def find_class(self, module, name):
@@ -378,6 +380,17 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
                global_blocks=global_blocks, img_size=grid * patch, pretrain_img_size=int(round(n_pos ** 0.5)) * patch,
                bert_layers=len(layers), vocab_size=sd["text_encoder.embeddings.word_embeddings.embedding_table"].shape[0],
                bert_hidden=sd["text_encoder.embeddings.word_embeddings.embedding_table"].shape[1])
+    cfg["num_heads"] = C // sd["visual_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+    cfg["mlp_ratio"] = sd["visual_encoder.blocks.0.mlp.fc1.weight"].shape[0] / C
+    cfg["bert_intermediate"] = sd["text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0]
+    cfg["max_position_embeddings"] = sd["text_encoder.embeddings.position_embeddings.embedding_table"].shape[0]
+    # head counts of BERT and of the generator's token attention are not in the shapes: 64-d heads assumed
+    cfg["bert_heads"] = cfg["generator_heads"] = max(1, cfg["bert_hidden"] // 64)
+    if "ada_gap.q_proj.weight" in sd:
+        cfg["pool_dim"] = sd["ada_gap.q_proj.weight"].shape[0]
+        cfg["box_hidden"] = sd["bbox_pred.layers.0.weight"].shape[0]
+    if "up_sample.0.weight" in sd:
+        cfg["mask_hidden"] = sd["up_sample.0.weight"].shape[1]
     if "weight_generator.S" in sd:
         cfg["law_type"], cfg["rank"] = "svd", sd["weight_generator.S"].shape[1]
     has_rec, has_res = any(k.startswith("bbox_pred.") for k in sd), any(k.startswith("up_sample.") for k in sd)
@@ -448,12 +461,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dst", required=True, help="output .pth (dict with model/config/compat/report/kind)")
     p.add_argument("--img-size", type=int, default=448, help="ViTDet: target input size (crops rel-pos tables)")
     p.add_argument("--bert-layers", type=int, default=6, help="BERT: number of layers kept")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="VG-LAW checkpoints: override an inferred config key (value parsed as JSON), repeatable")
     a = p.parse_args(argv)
+    overrides = {}
+    for item in a.set:
+        k, _, v = item.partition("=")
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
     sd, _ = _read_any(a.src)
     kind = _kind(sd)
     if kind == "vglaw":
         ours, report = convert_vglaw_state_dict(sd)
-        cfg = config_from_state_dict(sd)
+        cfg = config_from_state_dict(sd, **overrides)
         cfg.update(report["compat"])
     elif kind == "vitdet":
         ours, report = convert_vitdet_backbone(sd, img_size=a.img_size)

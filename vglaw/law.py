@@ -94,8 +94,12 @@ class AdaptiveLinear(nn.Module):
             S = S.reshape(3, -1, S.shape[1])[:, : Co // 3].reshape(-1, S.shape[1])
         K = S.shape[1]
         A = a.reshape(a.shape[0], K, K)
-        low = torch.bmm(x @ D.t(), A.transpose(1, 2)) @ S.t()  # ((x D^T) A^T) S^T = (S A D x)^T
-        return F.linear(x, self.weight, self.bias) + low
+        B, N, _ = x.shape
+        u = torch.bmm(x @ D.t(), A.transpose(1, 2))                          # (A D x)^T: [B, N, K]
+        # W0 x + b0, then S u accumulated in place into the same output (no extra [B, N, Co] temporary)
+        x2, u2 = x.reshape(B * N, Ci), u.reshape(B * N, K)
+        y = F.linear(x2, self.weight, self.bias) if self.bias is None else torch.addmm(self.bias, x2, self.weight.t())
+        return y.addmm_(u2, S.t()).reshape(B, N, Co)
 
     def _la(self, x, a):
         B, N, C = x.shape
@@ -111,11 +115,9 @@ class AdaptiveLinear(nn.Module):
         k = len(sizes)
         c_in = a[:, : k * C].reshape(B, k, 1, C)
         c_out = a[:, k * C:].unsqueeze(1)                                    # [B, 1, Co]
-        outs = [F.linear(x * c_in[:, g], w) for g, w in enumerate(self.weight.split(sizes, 0))]
-        y = torch.cat(outs, -1)
-        if self.bias is not None:
-            y = y + self.bias
-        return y * c_out
+        bias = self.bias.split(sizes) if self.bias is not None else [None] * k
+        outs = [F.linear(x * c_in[:, g], w, b) for g, (w, b) in enumerate(zip(self.weight.split(sizes, 0), bias))]
+        return torch.cat(outs, -1) * c_out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, law_type={self.law_type}, " \
