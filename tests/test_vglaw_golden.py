@@ -148,3 +148,21 @@ def test_helper_fails_missing_output_by_name(goldenlib):
     assert errors == []
     errors, _ = compare_by_name({"y": torch.ones(3)}, {"y": torch.zeros(3)}, {}, goldenlib, 1e-4, 1e-3)
     assert len(errors) == 1 and errors[0].startswith("y:")
+
+
+@pytest.mark.parametrize("case_name", CASES or ["<none>"])
+def test_vglaw_golden_text_ids(case_name, golden_dir, request):
+    """The case's token ids come back from its raw expressions through our BERT WordPiece tokenizer
+    (bert-base-uncased vocab rebuilt by the ``bert_base_vocab`` fixture), padded to the configured length."""
+    if case_name == "<none>":
+        pytest.skip("no VG-LAW golden cases found")
+    folder = golden_dir / "vglaw" / case_name
+    spec = json.loads((folder / "spec.json").read_text())
+    inp = torch.load(folder / "inputs.pt", weights_only=False)
+    if "raw_text" not in inp:
+        pytest.skip(f"{case_name}: no raw_text input")
+    from vgcore.text import BertWordPieceTokenizer
+    tok = BertWordPieceTokenizer(request.getfixturevalue("bert_base_vocab"), max_len=int(spec["config"].get("max_len", 40)))
+    ids, mask = tok(list(inp["raw_text"]))
+    assert torch.equal(ids, inp["input_ids"].long())
+    assert torch.equal(mask.long(), inp["attention_mask"].long())

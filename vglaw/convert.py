@@ -45,7 +45,6 @@ import io
 import json
 import pickle
 import re
-import struct
 import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -344,7 +343,7 @@ def config_from_official(cfg: dict) -> dict:
     out = dict(law_type=cfg.get("law_type", "svd"), img_size=cfg.get("img_size", 448),
                bert_layers=cfg.get("text_encoder_layer", 6), max_len=cfg.get("max_len", 40),
                groups=cfg.get("groups"), use_activation=bool(cfg.get("use_activation", False)),
-               task="both" if cfg.get("use_mask", True) else "rec",
+               task="both",  # the official network always builds both heads; use_mask only switches the mask loss
                mask_threshold=cfg.get("mask_threshold", 0.35))
     vis = cfg.get("visual_encoder", {})
     for ours, theirs in (("patch_size", "patch_size"), ("embed_dim", "embed_dim"), ("depth", "depth"),
