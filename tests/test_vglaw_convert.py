@@ -186,3 +186,24 @@ def test_cli_round_trip_tiny_mindspore_ckpt(tmp_path):
     official["visual_encoder.blocks.0.attn.mystery"] = torch.zeros(1)
     convert.write_mindspore_ckpt(official, tmp_path / "bad.ckpt")
     assert convert.main(["--src", str(tmp_path / "bad.ckpt"), "--dst", str(tmp_path / "bad.pth")] + heads) == 1
+
+
+def test_load_pretrained_from_detectron2_pickle_crops_and_fills_the_backbone(tmp_path):
+    """A detectron2-layout pickle of a larger-input ViT (global rel-pos tables longer than needed) fills the
+    backbone strictly; the global tables are the centre rows, everything else is copied."""
+    torch.manual_seed(0)
+    src = build_model({**TINY, "img_size": 128})            # grid 8: global tables 15 rows
+    d2 = {"backbone.net." + k[len("visual_encoder."):]: v.numpy()
+          for k, v in src.state_dict().items() if k.startswith("visual_encoder.")}
+    d2["roi_heads.box_predictor.cls_score.weight"] = np.zeros((2, 2), np.float32)
+    (tmp_path / "vitdet.pkl").write_bytes(pickle.dumps({"model": d2, "__author__": "test"}))
+    model = build_model(TINY)                                # grid 4: global tables 7 rows
+    reports = convert.load_pretrained(model, vitdet=tmp_path / "vitdet.pkl")
+    assert reports["vitdet"]["cropped"] == ["backbone.net.blocks.1.attn.rel_pos_h", "backbone.net.blocks.1.attn.rel_pos_w"]
+    got, want = model.state_dict(), src.state_dict()
+    assert torch.equal(got["visual_encoder.blocks.1.attn.rel_pos_h"], want["visual_encoder.blocks.1.attn.rel_pos_h"][4:11])
+    for k in want:
+        if k.startswith("visual_encoder.") and "blocks.1.attn.rel_pos" not in k:
+            assert torch.equal(got[k], want[k]), k
+    with pytest.raises(RuntimeError, match="missing"):
+        convert.load_pretrained(model, vitdet={k: torch.from_numpy(v) for k, v in d2.items() if "fc1" not in k})

@@ -54,7 +54,8 @@ import torch
 
 __all__ = ["OFFICIAL_COMPAT", "COMPAT_FROM_SPEC", "read_mindspore_ckpt", "write_mindspore_ckpt",
            "read_detectron2_pickle", "map_key", "convert_vglaw_state_dict", "convert_vitdet_backbone",
-           "convert_hf_bert", "config_from_official", "config_from_state_dict", "load_into", "load_partial", "main"]
+           "convert_hf_bert", "config_from_official", "config_from_state_dict", "load_into", "load_partial",
+           "load_pretrained", "main"]
 
 OFFICIAL_COMPAT = {"pos_embed_tf_bicubic": True, "vit_ln_eps_1e5": True, "generator_ln_eps_1e7": True}
 
@@ -392,6 +393,12 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
         cfg["mask_hidden"] = sd["up_sample.0.weight"].shape[1]
     if "weight_generator.S" in sd:
         cfg["law_type"], cfg["rank"] = "svd", sd["weight_generator.S"].shape[1]
+    elif "law_type" not in overrides:
+        raise ValueError("no weight_generator.S: an la/od checkpoint, whose law type (and la group counts) the "
+                         "shapes cannot tell apart; pass law_type (and groups)")
+    n_adapted = sd["weight_generator.layer_embedding"].shape[0]
+    if n_adapted != len(blocks) and "groups" not in overrides:
+        raise ValueError(f"{n_adapted} of {len(blocks)} blocks adapted: pass groups (0 = block not adapted)")
     has_rec, has_res = any(k.startswith("bbox_pred.") for k in sd), any(k.startswith("up_sample.") for k in sd)
     cfg["task"] = "both" if has_rec and has_res else ("rec" if has_rec else "res")
     cfg.update(overrides)
@@ -425,6 +432,31 @@ def load_partial(model, sd_ours: Dict[str, torch.Tensor], prefixes: Sequence[str
     with torch.no_grad():
         for k, v in sd_ours.items():
             own[k].copy_(v)
+
+
+def load_pretrained(model, vitdet=None, bert=None) -> dict:
+    """Fill a fresh `VGLAW` from the pretrained sources: ``vitdet`` = detectron2 ``.pkl`` (or its MindSpore
+    ``.ckpt`` / a converted state dict), ``bert`` = HF BERT weights file or state dict.  Each part is loaded
+    strictly (every key under ``visual_encoder.`` / ``text_encoder.`` provided, shapes equal).  Returns the
+    conversion reports."""
+    reports = {}
+    cfg = model.cfg
+    if vitdet is not None:
+        sd = vitdet if isinstance(vitdet, dict) else _read_any(str(vitdet))[0]
+        ours, rep = convert_vitdet_backbone(sd, img_size=cfg.img_size, patch_size=cfg.patch_size,
+                                            window_size=cfg.window_size, global_blocks=cfg.global_blocks)
+        if rep["unmapped"]:
+            raise KeyError(f"ViTDet checkpoint: unmapped keys {rep['unmapped']}")
+        load_partial(model, ours, ["visual_encoder."])
+        reports["vitdet"] = rep
+    if bert is not None:
+        sd = bert if isinstance(bert, dict) else _read_any(str(bert))[0]
+        ours, rep = convert_hf_bert(sd, cfg.bert_layers)
+        if rep["unmapped"]:
+            raise KeyError(f"BERT checkpoint: unmapped keys {rep['unmapped']}")
+        load_partial(model, ours, ["text_encoder."])
+        reports["bert"] = rep
+    return reports
 
 
 # ----------------------------------------------------------------------------------- CLI
