@@ -38,7 +38,8 @@ def relative_sine_table(lo: int, hi: int, num_feats: int, temperature: float = 1
     return torch.stack((arg[:, 0::2].sin(), arg[:, 1::2].cos()), dim=-1).flatten(1)
 
 
-def grid_positions(padding_mask: Optional[torch.Tensor], batch: int, grid: Tuple[int, int], device) -> Tuple[torch.Tensor, torch.Tensor]:
+def grid_positions(padding_mask: Optional[torch.Tensor], batch: int, grid: Tuple[int, int],
+                   device) -> Tuple[torch.Tensor, torch.Tensor]:
     """1-based (y, x) counts of valid cells, each [B, H*W] float; ``padding_mask`` [B, H*W] (True = pad) or None."""
     H, W = grid
     if padding_mask is None:

@@ -207,7 +207,8 @@ def config_from_official(args: dict, **overrides) -> dict:
     ``model_config``, as a dict) -> a `config_from_args` dict.  Compat switches are not set here: they come
     from the checkpoint kind (see `resvg.convert`).  Raises NotImplementedError for settings no official
     config uses and this implementation does not cover."""
-    _need(args.get("position_embedding", "sine") in ("sine", "v2"), f"position_embedding {args.get('position_embedding')!r}")
+    pe = args.get("position_embedding", "sine")
+    _need(pe in ("sine", "v2"), f"position_embedding {pe!r}")
     _need(not args.get("pre_norm", False), "pre_norm=True")
     _need(not args.get("box_xyxy", False), "box_xyxy=True")
     dec = args["model_config"]["decoder"]

@@ -115,14 +115,15 @@ def map_resvg_key(key: str) -> Optional[str]:
     return _apply(RESVG_RULES, key)
 
 
+_ENCODER_INNER_INV = _sub_all([(r"^(\d+)\.ffn\.linear([12])\.", r"\1.linear\2.")])
+_DISC_INNER_INV = _sub_all([(r"^verify_scale$", "tf_scale"), (r"^verify_sigma$", "tf_sigma")])
+_DECODER_INNER_INV = _sub_all([(r"^(\d+)\.ffn\.linear1\.", r"\1.ffn.0."), (r"^(\d+)\.ffn\.linear2\.", r"\1.ffn.3."),
+                               (r"^(\d+)\.norm([1-3])\.", lambda m: f"{m.group(1)}.norm.{int(m.group(2)) - 1}.")])
 _INVERSE: List[Tuple[str, str, Callable[[str], str]]] = [
     ("backbone.body.", "backbone.0.body.", lambda r: r),
-    ("visual_encoder.layers.", "trans_encoder.encoder.layers.", lambda r: re.sub(r"^(\d+)\.ffn\.linear([12])\.", r"\1.linear\2.", r)),
-    ("discriminative.", "trans_decoder.decoder.extra_encoder_layers.0.",
-     lambda r: {"verify_scale": "tf_scale", "verify_sigma": "tf_sigma"}.get(r, r)),
-    ("decoder.layers.", "trans_decoder.decoder.layers.",
-     lambda r: re.sub(r"^(\d+)\.norm([1-3])\.", lambda m: f"{m.group(1)}.norm.{int(m.group(2)) - 1}.",
-                      re.sub(r"^(\d+)\.ffn\.linear1\.", r"\1.ffn.0.", re.sub(r"^(\d+)\.ffn\.linear2\.", r"\1.ffn.3.", r)))),
+    ("visual_encoder.layers.", "trans_encoder.encoder.layers.", _ENCODER_INNER_INV),
+    ("discriminative.", "trans_decoder.decoder.extra_encoder_layers.0.", _DISC_INNER_INV),
+    ("decoder.layers.", "trans_decoder.decoder.layers.", _DECODER_INNER_INV),
     ("decoder.prior_mlp.", "trans_decoder.decoder.ffn.", lambda r: r),
     ("decoder.", "trans_decoder.decoder.", lambda r: r),
 ]

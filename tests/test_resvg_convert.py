@@ -129,7 +129,7 @@ def test_key_rules_round_trip():
         "trans_decoder.decoder.layers.0.norm.2.weight": "decoder.layers.0.norm3.weight",
         "trans_decoder.decoder.ffn.0.bias": "decoder.prior_mlp.0.bias",
         "trans_decoder.decoder.text_query_embed.weight": "decoder.text_query_embed.weight",
-        "bert.encoder.layer.11.attention.output.LayerNorm.weight": "bert.encoder.layer.11.attention.output.LayerNorm.weight",
+        "bert.encoder.layer.11.output.LayerNorm.weight": "bert.encoder.layer.11.output.LayerNorm.weight",
         "bbox_embed.layers.2.weight": "bbox_embed.layers.2.weight",
     }
     for off, ours in samples.items():

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from resvg.attention import RelPosAttention, relative_sine_table
 from resvg.config import MODEL_SWITCHES, config_from_args
@@ -17,7 +16,8 @@ from vgcore.models.detr import MultiheadAttention
 from vgcore.models.resnet import ResNetBackbone
 
 TINY = dict(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, enc_ffn_dim=64, bert="tiny",
-            bert_overrides={"vocab_size": 500}, bert_output_layers=2, dec_layers=2, dec_ffn_dim=64, prior_dim=16, prior_hidden=16)
+            bert_overrides={"vocab_size": 500}, bert_output_layers=2, dec_layers=2, dec_ffn_dim=64, prior_dim=16,
+            prior_hidden=16)
 
 
 def _tiny(**kw):
