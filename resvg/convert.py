@@ -28,7 +28,8 @@ Three kinds of file are recognised (``detect_kind``):
            LayerNorm gamma/beta accepted, ``cls.*`` dropped): -> ``bert.X``.  Fills the BERT tower.
 
 The report is ``{"kind", "unmapped": [keys no rule maps], "dropped": [keys deliberately left out],
-"compat": {...}}``; any unmapped key is an error for the command line.
+"compat": {...}}``; any unmapped key is an error for the command line and for `load_pretrained` (which
+fills a model from any of the three kinds).
 
 CLI: ``python -m resvg.convert --src FILE --dst OUT.pth [--kind auto|resvg|detr|bert]`` writes
 ``{"model": state_dict, "kind", "config" (resvg kind: from the checkpoint's args), "compat", "report"}``.
@@ -49,7 +50,8 @@ from vgcore.models.bert import convert_bert_state_dict, is_bert_model_key
 from resvg.config import OFFICIAL_COMPAT
 
 __all__ = ["detect_kind", "map_resvg_key", "official_key", "convert_resvg_state_dict", "convert_detr_state_dict",
-           "convert_bert", "convert_any", "to_official_state_dict", "load_into", "load_partial", "read_checkpoint",
+           "convert_bert", "convert_any", "to_official_state_dict", "load_into", "load_partial", "load_pretrained",
+           "read_checkpoint",
            "PARTIAL_MODULES", "main"]
 
 Rule = Tuple[str, str, Optional[Callable[[str], Optional[str]]]]
@@ -230,6 +232,23 @@ def load_partial(model, sd_ours: Mapping[str, torch.Tensor], modules: Sequence[s
     """Load a converted DETR / BERT part: every key of ``modules`` must be present, nothing else may be."""
     allow = [r"^(?!(" + "|".join(re.escape(m) + r"\." for m in modules) + "))"]
     load_state_dict_strict(model, sd_ours, allow_missing=allow, what=f"ResVG parts {list(modules)}")
+
+
+def load_pretrained(model, path_or_obj, kind: str = "auto") -> dict:
+    """Fill ``model`` from an official file: a full ResVG / VLTVG checkpoint (strict; its compat must match the
+    model's switches), or a DETR / BERT file (only the modules it covers).  Returns the conversion report."""
+    sd, _ = read_checkpoint(path_or_obj)
+    ours, report = convert_any(sd, kind)
+    if report["unmapped"]:
+        raise KeyError(f"resvg.convert: unmapped keys ({len(report['unmapped'])}): {report['unmapped']}")
+    if report["kind"] == "resvg":
+        wrong = {k: v for k, v in report["compat"].items() if getattr(model.cfg, k) != v}
+        if wrong:
+            raise ValueError(f"resvg.convert: the checkpoint needs compat switches {wrong}")
+        load_into(model, ours)
+    else:
+        load_partial(model, ours, PARTIAL_MODULES[report["kind"]])
+    return report
 
 
 def main(argv: Optional[List[str]] = None) -> int:

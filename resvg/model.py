@@ -20,6 +20,10 @@ Data flow: ResNet (FrozenBN) -> 1x1 conv -> DETR encoder with sine PE -> discrim
 verification x language-guided context with relative positions) -> S decoder stages (word attention, then image
 attention with key = discriminative feature, value = visual feature) -> shared LayerNorm -> 3-layer box MLP.
 
+Input size: any image whose feature grid fits the relative-position tables (up to 21 x 21 cells, i.e. 672 px at
+stride 32, with the official offsets -20..20); the official code accepts exactly 640 x 640 (a 20 x 20 grid).
+The DETR encoder layers keep DETR's dropout on the attention output (vgcore's detrex-style layer has none).
+
 Freezing: ``model.set_epoch(e)`` freezes ``cfg.freeze_modules`` while ``e < cfg.freeze_epochs`` and unfreezes them
 afterwards; ResNet conv1 / layer1 and the BERT pooler never train (`permanently_frozen`).
 """

@@ -180,6 +180,24 @@ def test_command_line_round_trip(tmp_path, golden_dir, capsys):
     for k, v in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[k], v), k
     assert rebuilt.cfg.extra["dataset"] == args["dataset"] and rebuilt.cfg.dec_layers == 2
+    # load_pretrained: the official file straight into a model, and a DETR file into its three modules only
+    fresh = ResVG(config_from_args(out["config"]))
+    assert convert.load_pretrained(fresh, str(src))["kind"] == "resvg"
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+    detr = {"backbone.0." + k[len("backbone."):]: v + 1 for k, v in model.state_dict().items()
+            if k.startswith("backbone.body.")}
+    detr.update({"transformer.encoder." + k[len("visual_encoder."):].replace(".ffn.linear", ".linear"): v + 1
+                 for k, v in model.state_dict().items() if k.startswith("visual_encoder.")})
+    detr.update({k: v + 1 for k, v in model.state_dict().items() if k.startswith("input_proj.")})
+    detr["query_embed.weight"] = torch.zeros(100, 32)
+    report = convert.load_pretrained(fresh, {"model": detr})
+    assert report["kind"] == "detr" and report["dropped"] == ["query_embed.weight"]
+    for k, v in fresh.state_dict().items():
+        moved = k.startswith(("backbone.", "visual_encoder.", "input_proj."))
+        assert torch.equal(v, model.state_dict()[k] + 1 if moved else model.state_dict()[k]), k
+    off = ResVG(config_from_args({**out["config"], "prior_feature_content_query": False}))
+    with pytest.raises(ValueError, match="prior_feature_content_query"):
+        convert.load_pretrained(off, str(src))
 
 
 def test_command_line_lists_unmapped_keys(tmp_path, capsys):
