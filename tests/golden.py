@@ -150,11 +150,38 @@ def config_key(name: str) -> str:
     return name.split(" (", 1)[0].strip()
 
 
-def unknown_spec_keys(section: dict, known: Iterable[str]) -> list:
-    """Keys of a spec section that are neither known nor plain descriptions (strings): a setting the test does
-    not know how to honour, so the caller fails naming them."""
-    known = set(known)
-    return sorted(k for k, v in section.items() if config_key(k) not in known and not isinstance(v, str))
+def setting_problems(section: dict, expected: dict, where: str = "config") -> list:
+    """Compare a spec configuration section with what the implementation does.
+
+    ``expected`` maps a key (spec keys are matched without their parenthesised explanation) to the value the
+    model implements, to a nested dict (compared recursively), or to None (accepted, not checked: settings
+    that do not change the compared numbers, e.g. training-only options).  A key missing from ``expected``
+    is a problem unless its value is a plain description (a string).  Returns readable problem lines naming
+    the spec key."""
+    problems = []
+    for k, v in section.items():
+        key = config_key(k)
+        if key not in expected:
+            if not isinstance(v, str):
+                problems.append(f"{where}.{k}: not a setting this implementation knows (value {v!r})")
+            continue
+        want = expected[key]
+        if want is None:
+            continue
+        if isinstance(want, dict):
+            if isinstance(v, dict):
+                problems += setting_problems(v, want, f"{where}.{k}")
+            else:
+                problems.append(f"{where}.{k}: expected a section, the spec has {v!r}")
+        elif isinstance(v, str) and isinstance(want, str):
+            if v.lower() != want.lower():
+                problems.append(f"{where}.{k}: spec {v!r}, the model implements {want!r}")
+        elif isinstance(v, float) or isinstance(want, float):
+            if not isinstance(v, (int, float)) or abs(v - want) > 1e-12 * max(1.0, abs(want)):
+                problems.append(f"{where}.{k}: spec {v!r}, the model implements {want!r}")
+        elif (list(v) if isinstance(v, tuple) else v) != (list(want) if isinstance(want, tuple) else want):
+            problems.append(f"{where}.{k}: spec {v!r}, the model implements {want!r}")
+    return problems
 
 
 # ------------------------------------------------------------------------------------------ tolerance

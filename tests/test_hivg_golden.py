@@ -50,34 +50,17 @@ def _hf_checks(cfg) -> dict:
         "hf_clip_config_defaults_used": {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
                                          "vocab_size": cfg.vocab_size, "attention_dropout": 0.0},
         "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "scaling": cfg.lora_alpha / cfg.lora_rank,
-                 "lora_dropout": cfg.lora_dropout, "bias": "none", "peft_wraps": 1 + cfg.hi_lora_stage,
-                 "target_modules": None},
-        "bridge": {"cross_attn heads": cfg.vision_heads, "cross_norm eps": 1e-5, "cross_mlp activation": "QuickGELU"},
+                 "bias": "none", "peft_wraps": 1 + cfg.hi_lora_stage,
+                 "target_modules": None, "lora_dropout": None, "where LoRA lands": None},
+        "bridge": {"cross_attn heads": cfg.vision_heads, "cross_norm eps": 1e-5, "cross_mlp activation": "QuickGELU",
+                   "adaptive weights": None},
+        **_INFORMATIONAL,
     }
 
 
-_INFORMATIONAL = {"script_flags", "script_flags_note", "hf_clip_checkpoint", "versions", "fusion encoder",
-                  "fixture_batch_size"}
-
-
-def _config_problems(spec_cfg: dict, ours: dict, where: str = "config") -> list:
-    problems = []
-    for k, v in spec_cfg.items():
-        key = golden.config_key(k)
-        if key in _INFORMATIONAL or isinstance(v, str) and key not in ours:
-            continue
-        if key not in ours:
-            problems.append(f"{where}.{k}: not a setting this HiVG implementation knows (value {v!r})")
-        elif isinstance(v, dict) and isinstance(ours[key], dict):
-            problems += _config_problems(v, ours[key], f"{where}.{k}")
-        elif ours[key] is None:
-            continue
-        elif isinstance(v, str) and isinstance(ours[key], str):
-            if v.lower() != ours[key].lower():
-                problems.append(f"{where}.{k}: spec {v!r}, the model implements {ours[key]!r}")
-        elif v != ours[key] and not (isinstance(v, float) and abs(v - ours[key]) <= 1e-12 * max(1.0, abs(v))):
-            problems.append(f"{where}.{k}: spec {v!r}, our model {ours[key]!r}")
-    return problems
+# settings that describe the fixture, not the model
+_INFORMATIONAL = dict.fromkeys(("script_flags", "script_flags_note", "hf_clip_checkpoint", "versions", "fusion encoder",
+                                "fixture_batch_size"))
 
 
 def _compat_switches(spec: dict) -> dict:
@@ -124,7 +107,7 @@ def run_case(folder: Path) -> dict:
     spec = case.spec
     args = dict(spec["config"]["args"])
     cfg = config_from_any(args)  # unknown official flags raise KeyError naming them
-    problems = _config_problems({k: v for k, v in spec["config"].items() if k != "args"}, _hf_checks(cfg))
+    problems = golden.setting_problems({k: v for k, v in spec["config"].items() if k != "args"}, _hf_checks(cfg))
     switches = {}
     for name, official in _compat_switches(spec).items():
         try:
