@@ -86,8 +86,9 @@ def _expected(cfg) -> dict:
         "max_token": cfg.max_text_len, "num_queries": cfg.num_queries, "beit3_encoder_config": _encoder_expected(cfg.beit3()),
         "beit3_encoder_args": _encoder_expected(cfg.beit3()),
         # the data pipeline and normalisation are checked by the transforms cases; the model reads the stored input
-        "img_norm_cfg": None, "val_pipeline": None, "train_pipeline": None, "config_file": None,
-        "beit3_pretrained_checkpoint": None,
+        "img_norm_cfg": None, "val_pipeline": None, "train_pipeline": None, "test_pipeline": None, "config_file": None,
+        "beit3_pretrained_checkpoint": None, "dataset": None,
+        "score_threshold": None,  # GREC: applied by the metric, not by the model's post-processing
     }
 
 
@@ -115,7 +116,7 @@ def _image(inp) -> torch.Tensor:
 def _is_grec(inp) -> bool:
     """Official rule (mix_detr_mb.forward_test): GREC post-processing when the image metas carry a target."""
     metas = inp.get("img_metas") or []
-    return any(isinstance(m, dict) and m.get("target") is not None for m in metas)
+    return bool(metas) and isinstance(metas[0], dict) and metas[0].get("target") is not None
 
 
 def _frame_hw(inp, img) -> tuple:
@@ -383,3 +384,23 @@ def test_meta_one_sample_with_a_subset_of_outputs(tmp_path):
     assert kept
     report = check_case(folder)
     assert [r.name for r in report.rows] == kept
+
+
+def test_meta_grec_post_processing(tmp_path):
+    """The same case evaluated with GREC image metas (a ``target`` entry, the official switch): every kept box
+    with its score and label per sample, stored as the official list of dicts.  With one query nothing is
+    dropped, so the expected values follow from the REC outputs of the template case."""
+    def edit(spec, inputs, outputs):
+        for m, box in zip(inputs["img_metas"], inputs.get("gt_bbox") or [None] * len(inputs["img_metas"])):
+            m["target"] = [box]
+        for br in ("decoder", "token"):
+            boxes, scores = outputs.pop(f"pred_bboxes_{br}"), outputs[f"{br}_scores"]
+            labels = outputs.pop(f"predict_classes_{br}").reshape(scores.shape)
+            outputs[f"pred_bboxes_{br}"] = [{"boxes": boxes[b][None], "scores": scores[b], "labels": labels[b]}
+                                            for b in range(len(boxes))]
+
+    src = golden.load(_template())
+    if src.spec["config"]["model_cfg"]["head"]["num_queries"] != 1 or "img_metas" not in src.inputs:
+        pytest.skip("the template case is not a one-query REC case with image metas")
+    report = check_case(_variant(tmp_path, edit))
+    assert any(r.name.startswith("pred_bboxes_decoder[0].boxes") for r in report.rows)
