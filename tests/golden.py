@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import itertools
 import json
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,25 +276,13 @@ def _shape(x) -> str:
 
 
 def _merge_compatible(a: tuple, b: tuple) -> bool:
-    """True when ``b`` is ``a`` with dimensions merged (row-major) or with size-1 dimensions added/removed."""
-    a = [d for d in a if d != 1]
-    b = [d for d in b if d != 1]
+    """True when one shape is the other with dimensions merged (row-major: every boundary of the coarser shape
+    is a boundary of the finer one) or with size-1 dimensions added/removed."""
+    cuts = lambda s: set(itertools.accumulate([d for d in s if d != 1], operator.mul))  # noqa: E731
     if math.prod(a) != math.prod(b):
         return False
-    i = j = 0
-    pa = pb = 1
-    while i < len(a) or j < len(b):
-        if pa <= pb and i < len(a):
-            pa *= a[i]
-            i += 1
-        elif j < len(b):
-            pb *= b[j]
-            j += 1
-        else:
-            return False
-        if pa == pb:
-            pa = pb = 1
-    return pa == pb
+    ca, cb = cuts(a), cuts(b)
+    return ca <= cb or cb <= ca
 
 
 def fit_shape(ours: torch.Tensor, shape: tuple) -> tuple:

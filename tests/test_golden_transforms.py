@@ -442,3 +442,38 @@ def test_meta_subset_of_outputs(tmp_path, request):
 
     report = check_case(_variant(tmp_path, edit), request)
     assert {re.split(r"[\[.]", r.name)[0] for r in report.rows} == set(kept)
+
+
+# ------------------------------------------------------------------------------------------ the comparison helper
+def _fake_case(outputs, **spec):
+    return golden.Case(folder=Path("fake_case"), spec=spec, inputs={}, outputs=outputs)
+
+
+def test_helper_per_output_tolerances_apply_on_top_of_the_default():
+    spec = {"tolerance": {"atol": 1e-4, "rtol": 1e-3}, "tolerance_strict": {"pred_boxes": {"atol": 5e-6, "rtol": 0.0}}}
+    gold = {"pred_boxes": torch.full((2, 4), 0.5), "features": torch.full((2, 4), 0.5)}
+    near = {k: v + 1e-5 for k, v in gold.items()}
+    assert len(golden.tolerances(spec, "pred_boxes")) == 2 and len(golden.tolerances(spec, "features")) == 1
+    with pytest.raises(AssertionError, match=r"pred_boxes.*tolerance_strict\.pred_boxes") as e:
+        golden.compare(near, _fake_case(gold, **spec))
+    assert "features" not in str(e.value)
+
+
+def test_helper_shapes_broadcast_merge_and_mismatch():
+    gold = {"pos": torch.arange(6.).reshape(1, 2, 3).expand(2, 2, 3).clone(), "flat": torch.arange(4.),
+            "swapped": torch.arange(6.).reshape(2, 3), "ids": torch.tensor([1, 2])}
+    ours = {"pos": torch.arange(6.).reshape(2, 3), "flat": torch.arange(4.).reshape(2, 2),
+            "swapped": torch.arange(6.).reshape(3, 2), "ids": torch.tensor([1.0, 2.0])}
+    with pytest.raises(AssertionError) as e:
+        golden.compare(ours, _fake_case(gold))
+    msg = str(e.value)
+    assert "1 of 4 golden outputs failed" in msg and "swapped" in msg and "shape 3x2 != golden 2x3" in msg
+
+
+def test_helper_missing_and_skipped_outputs_are_reported():
+    gold = {"a": torch.zeros(2), "b": torch.zeros(2), "c": ["x", "y"]}
+    with pytest.raises(AssertionError, match=r"(?s)2 of 4 .*b .*cannot be produced.*c\[1\].*'z' != golden 'y'"):
+        golden.compare({"a": torch.zeros(2), "c": ["x", "z"]}, _fake_case(gold))
+    report = golden.compare({"a": torch.zeros(2), "b": golden.Skip("no vocabulary"), "c": ["x", "y"]},
+                            _fake_case(gold))
+    assert [r.status for r in report.rows] == ["ok", "skipped: no vocabulary", "ok", "ok"]
