@@ -150,7 +150,7 @@ def produce_resvg(spec, inputs, request):
                     text=inputs["flip_phrase_in"]))
     out = {
         "image_resized_uint8": resized, "ratio": torch.tensor(ratio, dtype=torch.float32),
-        "image_sub8": batch.images[:, :, ::8, ::8], "image_channel_sum": batch.images.double().sum((2, 3)),
+        "image_channel_sum": batch.images.double().sum((2, 3)),
         "image_abs_sum": batch.images.double().abs().sum((1, 2, 3)),
         "image_mask": batch.pixel_mask,  # compat pixel_mask_all_false: the preset default
         "bbox": batch.boxes, "orig_bbox": torch.from_numpy(np.concatenate([r.boxes for r in records])),
@@ -177,7 +177,13 @@ def produce_resvg(spec, inputs, request):
         fids, fmask = tok([f.text])
         out.update(word_id=ids, word_mask=mask, tokens=[pieces(t) for t in batch.texts], flip_tokens=pieces(f.text),
                    flip_word_id=fids[0], flip_word_mask=fmask[0], flip_tokens_before=pieces(inputs["flip_phrase_in"]))
-    return out, problems, batch
+
+    def indexed(name):
+        if (m := re.fullmatch(r"image_sub(\d+)", name)):  # the eval tensor subsampled by a stride
+            return batch.images[:, :, ::int(m.group(1)), ::int(m.group(1))]
+        raise KeyError(name)
+
+    return out, problems, batch, indexed
 
 
 def spec_list(inputs, name, request):
@@ -237,7 +243,8 @@ def produce_simvg(spec, inputs, request):
         }
         return table[(base, rest)]()
 
-    out = {"img_mask": batch.pixel_mask[:, ::S // 20 if S >= 20 else 1, ::S // 20 if S >= 20 else 1],
+    grid = request.node.golden_outputs.get("img_mask", torch.zeros(1, 1, 1)).shape[-1]  # the head's patch grid
+    out = {"img_mask": batch.pixel_mask[:, ::S // grid, ::S // grid],
            "expressions_clean": [clean_string(t) for t in inputs["expressions"]],
            "pieces": [["\u2581" + w for w in clean_string(t).split()] for t in inputs["expressions"]]}
     return out, problems, batch, indexed
@@ -274,16 +281,23 @@ def produce_alvg(spec, inputs, request, outputs):
         "img_shape": torch.tensor([[S, S, 3]] * len(images)), "pad_shape": torch.tensor([[S, S, 3]] * len(images)),
         "ori_shape": torch.tensor([list(im.shape) for im in images]),
         "scale_factor": torch.stack([batch.affine[:, 0], batch.affine[:, 2]] * 2, 1),
-        "pad_mask_20": batch.pixel_mask[:, ::S // 20, ::S // 20],
-        "bbox_loaded_xyxy": affine_invert_boxes(gt, batch.affine), "gt_bbox_xyxy_640": gt,
+        "bbox_loaded_xyxy": affine_invert_boxes(gt, batch.affine), f"gt_bbox_xyxy_{S}": gt,
         "target_boxes_cxcywh": batch.boxes,
         "gt_mask_640_packed": torch.from_numpy(np.packbits(batch.masks.numpy(), axis=-1))[:, None],
-        "target_masks_160": torch.nn.functional.interpolate(batch.masks[:, None].float(), size=(160, 160),
-                                                            mode="bilinear", align_corners=False)[:, 0].int(),
         "ref_expr_inds": golden.Skip(_BEIT3_SKIP + " word hash whose ids are not stored"),
         "text_attention_mask": (~mask).long(), "texts_clean": [clean_string(t) for t in inputs["texts"]],
     }
-    return out, problems, batch
+
+    def indexed(name):
+        if (m := re.fullmatch(r"pad_mask_(\d+)", name)):  # the pad mask at the head's token grid
+            return batch.pixel_mask[:, ::S // int(m.group(1)), ::S // int(m.group(1))]
+        if (m := re.fullmatch(r"target_masks_(\d+)", name)):  # mask loss target: bilinear down, int truncation
+            n = int(m.group(1))
+            return torch.nn.functional.interpolate(batch.masks[:, None].float(), size=(n, n), mode="bilinear",
+                                                   align_corners=False)[:, 0].int()
+        raise KeyError(name)
+
+    return out, problems, batch, indexed
 
 
 def _official_cxcywh(record, resized):
