@@ -10,7 +10,6 @@ unavailable vocabulary (BEiT-3 sentencepiece) are reported as explicit skips per
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 from pathlib import Path
@@ -92,7 +91,7 @@ def _square(size, key, problems):
 
 
 # ------------------------------------------------------------------------------------------ per method
-def produce_hivg(spec, inputs, request):
+def produce_hivg(spec, inputs, outputs, request):
     cfg = spec["config"]
     problems = golden.setting_problems(cfg, {
         "dataset": None, "split": None, "imsize": int(cfg["imsize"]), "max_query_len": None, "use_seg_mask": False,
@@ -130,7 +129,7 @@ def produce_hivg(spec, inputs, request):
     return out, problems, batch
 
 
-def produce_resvg(spec, inputs, request):
+def produce_resvg(spec, inputs, outputs, request):
     cfg = spec["config"]
     S = int(cfg["size"])
     problems = golden.setting_problems(cfg, {
@@ -158,10 +157,10 @@ def produce_resvg(spec, inputs, request):
         "size": torch.tensor([list(batch.input_size)] * len(batch)), "orig_size": batch.orig_size,
         "phrases": batch.texts,
         "flip_image": torch.from_numpy(np.asarray(f.image).copy()), "flip_bbox_xyxy": f.boxes[0], "flip_phrase": f.text,
-        "flip_swap_examples": [(a, swap_left_right(a, "substring")) for a, _ in
-                               spec_list(inputs, "flip_swap_examples", request)],
-        "random_select_examples": [(p, "resize_long_side_only" if has_direction_word(p, "substring") else "random_choice")
-                                   for p, _ in spec_list(inputs, "random_select_examples", request)],
+        # example lists: the official inputs are stored with the official results
+        "flip_swap_examples": [(a, swap_left_right(a, "substring")) for a, _ in outputs.get("flip_swap_examples", [])],
+        "random_select_examples": [(p, "resize_long_side_only" if has_direction_word(p, "substring")
+                                    else "random_choice") for p, _ in outputs.get("random_select_examples", [])],
     }
     tok = _bert(request, int(cfg.get("max_query_len", 40)))
     names = ("word_id", "word_mask", "tokens", "flip_tokens", "flip_word_id", "flip_word_mask", "flip_tokens_before")
@@ -186,12 +185,7 @@ def produce_resvg(spec, inputs, request):
     return out, problems, batch, indexed
 
 
-def spec_list(inputs, name, request):
-    """Example lists whose inputs are stored with the outputs (pairs of input, official result)."""
-    return request.node.golden_outputs.get(name, [])
-
-
-def produce_simvg(spec, inputs, request):
+def produce_simvg(spec, inputs, outputs, request):
     cfg = spec["config"]
     problems = golden.setting_problems(cfg, {"val_pipeline": None, "train_pipeline": None, "steps": None})
     steps = _mmcv_steps(cfg["val_pipeline"])
@@ -243,14 +237,14 @@ def produce_simvg(spec, inputs, request):
         }
         return table[(base, rest)]()
 
-    grid = request.node.golden_outputs.get("img_mask", torch.zeros(1, 1, 1)).shape[-1]  # the head's patch grid
+    grid = outputs.get("img_mask", torch.zeros(1, 1, 1)).shape[-1]  # the head's patch grid
     out = {"img_mask": batch.pixel_mask[:, ::S // grid, ::S // grid],
            "expressions_clean": [clean_string(t) for t in inputs["expressions"]],
            "pieces": [["\u2581" + w for w in clean_string(t).split()] for t in inputs["expressions"]]}
     return out, problems, batch, indexed
 
 
-def produce_alvg(spec, inputs, request, outputs):
+def produce_alvg(spec, inputs, outputs, request):
     cfg = spec["config"]
     problems = golden.setting_problems(cfg, {"config_file": None, "pipeline": None, "img_norm_cfg": None})
     steps = _mmcv_steps(cfg["pipeline"])
@@ -311,7 +305,7 @@ def _official_cxcywh(record, resized):
     return torch.tensor([x1 + w / 2, y1 + h / 2, w, h], dtype=torch.float64) * r
 
 
-def produce_vglaw(spec, inputs, request):
+def produce_vglaw(spec, inputs, outputs, request):
     cfg = spec["config"]
     S = int(cfg["img_size"])
     problems = golden.setting_problems(cfg, {"img_size": S, "translate_eval": False, "translate_train_example": None,
@@ -333,7 +327,7 @@ def produce_vglaw(spec, inputs, request):
     train = build_transforms("vglaw", train=True, imsize=S, flip=False, word_swap="substring").transforms
     s = RandomHorizontalFlip(p=1.0, word_swap="substring")(train[1](train[0](s)))
     flip_px = _cxcywh(s.boxes[0])
-    offset = request.node.golden_outputs.get("flip_offset_xy")
+    offset = outputs.get("flip_offset_xy")
     out = {
         "resized_uint8": [torch.from_numpy(np.asarray(r.image).copy()) for r in rs],
         "resize_ratio": torch.tensor([r.meta["resize_ratio"] for r in rs], dtype=torch.float64),
@@ -344,8 +338,8 @@ def produce_vglaw(spec, inputs, request):
         "box_cxcywh_norm": batch.boxes.float(),
         "ref_mask_resized": [torch.from_numpy(np.asarray(r.mask).copy()) for r in rs],
         "flip_box_cxcywh_pixel": flip_px, "flip_text": s.text, "flip_raw_text": inputs["texts"][0],
-        "swap_in": list(request.node.golden_outputs.get("swap_in", [])),
-        "swap_out": [swap_left_right(a, "substring") for a in request.node.golden_outputs.get("swap_in", [])],
+        "swap_in": list(outputs.get("swap_in", [])),
+        "swap_out": [swap_left_right(a, "substring") for a in outputs.get("swap_in", [])],
     }
     if offset is not None:  # the offset is a random draw of the official run; ours is placed there
         sx, sy = offset.tolist()
@@ -381,9 +375,9 @@ def check_case(folder: Path, request):
     case = golden.load(folder)
     method = case.spec["method"].lower()
     assert method in PRODUCERS, f"{case.name}: no data-pipeline producer for method {case.spec['method']!r}"
-    request.node.golden_outputs = case.outputs
+    outputs = case.outputs
     fn = PRODUCERS[method]
-    res = fn(case.spec, case.inputs, request, case.outputs) if fn is produce_alvg else fn(case.spec, case.inputs, request)
+    res = PRODUCERS[method](case.spec, case.inputs, case.outputs, request)
     produced, problems, batch = res[:3]
     assert not problems, "spec settings our pipeline does not honour:\n  " + "\n  ".join(problems)
     if len(res) > 3:  # indexed names

@@ -83,8 +83,8 @@ def _expected(cfg) -> dict:
     return {
         "model_cfg": {"type": "MIXDETRMB", "vis_enc": vis, "head": head, "lan_enc": None, "fusion": None},
         "head_cfg": head, "vis_enc_cfg": vis, "img_size": cfg.img_size, "patch_size": cfg.patch_size,
-        "max_token": cfg.max_text_len, "num_queries": cfg.num_queries, "beit3_encoder_config": _encoder_expected(cfg.beit3()),
-        "beit3_encoder_args": _encoder_expected(cfg.beit3()),
+        "max_token": cfg.max_text_len, "num_queries": cfg.num_queries,
+        "beit3_encoder_config": _encoder_expected(cfg.beit3()), "beit3_encoder_args": _encoder_expected(cfg.beit3()),
         # the data pipeline and normalisation are checked by the transforms cases; the model reads the stored input
         "img_norm_cfg": None, "val_pipeline": None, "train_pipeline": None, "test_pipeline": None, "config_file": None,
         "beit3_pretrained_checkpoint": None, "dataset": None,
