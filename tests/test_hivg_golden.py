@@ -43,7 +43,9 @@ def _hf_checks(cfg) -> dict:
     vision = dict(tower("vision"), image_size=cfg.image_size, patch_size=cfg.patch_size)
     return {
         "extract_vision_layer": cfg.extract_vision_layers, "adapt_layer": cfg.bridge_layers,
-        "extract_text_layer": cfg.bridge_text_layers, "patch_size": cfg.patch_size,
+        # mixup / warm-up models read no text layers into the bridge: the list does not affect their outputs
+        "extract_text_layer": cfg.bridge_text_layers if cfg.bridge_layers and not cfg.mixup_pretrain else None,
+        "patch_size": cfg.patch_size,
         "num_visu_token": cfg.num_visu_tokens, "num_text_token": cfg.context_length, "hidden_dim": cfg.embed_dim,
         "vl_seq_len": cfg.fusion_len,
         "hf_clip_config": {"text_config": text, "vision_config": vision, "projection_dim": cfg.embed_dim},
@@ -184,7 +186,7 @@ def test_hivg_converter_agrees_with_spec(folder):
     for name, official in _compat_switches(spec).items():
         assert info.get(_switch_field(name, cfg)) is official, name
     for k in ("bridge_layers", "bridge_text_layers", "extract_vision_layers", "image_size", "patch_size"):
-        if k != "bridge_text_layers" or not cfg.mixup_pretrain:
+        if k != "bridge_text_layers" or (cfg.bridge_layers and not cfg.mixup_pretrain):  # else not in the shapes
             assert info["config"][k] == getattr(cfg, k), k
 
 
