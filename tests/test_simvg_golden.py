@@ -165,6 +165,8 @@ def _predictions(logits, boxes, hw, grec, like):
             "labels": labels[b][post["keep"][b]]} for b in range(logits.shape[0])]
     if torch.is_tensor(like):  # stored stacked: every sample kept the same number of boxes
         return torch.stack([p["boxes"] for p in per]), None
+    if isinstance(like, (list, tuple)) and like and torch.is_tensor(like[0]):  # stored as boxes per sample
+        return [p["boxes"] for p in per], None
     return per, None
 
 
