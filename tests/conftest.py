@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from golden import golden_required  # tests/ is on sys.path (pytest's rootdir conftest import)
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -16,7 +18,10 @@ GOLDEN_DIR = Path(os.environ.get("VG_GOLDEN_DIR", ROOT.parent / "shared" / "gold
 @pytest.fixture(scope="session")
 def golden_dir():
     if not GOLDEN_DIR.is_dir():
-        pytest.skip(f"golden fixtures not found at {GOLDEN_DIR} (set VG_GOLDEN_DIR)")
+        msg = f"golden fixtures not found at {GOLDEN_DIR} (set VG_GOLDEN_DIR)"
+        if golden_required():
+            pytest.fail(msg + "; they are required when CI or VG_REQUIRE_GOLDEN=1 is set", pytrace=False)
+        pytest.skip(msg)
     if str(GOLDEN_DIR) not in sys.path:
         sys.path.insert(0, str(GOLDEN_DIR))
     return GOLDEN_DIR

@@ -1,145 +1,313 @@
-"""Golden tests: our HiVG vs the official implementation's outputs ($VG_GOLDEN_DIR/hivg/<case>/).
+"""Golden tests: our HiVG against the official implementation's outputs ($VG_GOLDEN_DIR/hivg/<case>/).
 
-Every case folder whose spec.json has a ``state_dict`` layout is discovered (``transforms`` and ``full_keys``
-have none).  The model is built from the case's official flags (spec.json config.args), the generated
-official state dict goes through hivg.convert, and every tensor of outputs.pt is compared:
-  * full-batch outputs with the bridge batch-mixing compat switch ON (the official behaviour);
-  * ``*_bs1`` outputs (official code run one sample at a time) with the switch OFF on the whole batch, and
-    with the switch ON at batch size 1 (where the quirk is a no-op).
+Driven by the fixtures: every case folder with a state-dict layout is run (pytest id = folder name).  The
+model is built from the case's official flags (``config.args``); every other configuration entry of
+spec.json is checked against the built model, and a setting the model cannot honour fails naming its key.
+Every output in outputs.pt is compared by name at the spec's tolerance:
+  * ``X`` -- the full batch with the compat switches at their official values (bridge batch mixing ON),
+    LoRA unmerged as peft computes it;
+  * ``X_bs1`` -- the official code run one sample at a time: our whole batch at once with batch mixing OFF
+    (merged LoRA, `Batch` entry point), and separately our own one-sample runs with the switch at its
+    official value (at batch size 1 the quirk is a no-op).
+Every ``full_keys`` layout converts through `hivg.convert.convert_official` with no unmapped key and loads
+strictly.  The meta-tests at the end build variant cases (renamed outputs, batch size 1, a subset of outputs,
+an unknown flag) in a temporary folder and run them through the same code.
 """
+from __future__ import annotations
+
 import json
+import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import torch
 
+import golden
+from hivg.config import config_from_any
 from hivg.convert import convert_official
 from hivg.model import build_model
 
+CASES = golden.params(golden.model_cases("hivg"), "HiVG model")
 OUR_NAME = {"pred_box": "pred_boxes"}  # golden output name -> our output key (others are identical)
+BS1 = "_bs1"
 
 
-def _cases(golden_dir):
-    root = Path(golden_dir) / "hivg"
-    if not root.is_dir():
-        return []
-    out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        spec = d / "spec.json"
-        if spec.exists() and json.loads(spec.read_text()).get("state_dict"):  # transforms/: {} ; full_keys/: none
-            out.append(d)
+# ------------------------------------------------------------------------------------------ configuration
+def _hf_checks(cfg) -> dict:
+    """Spec config key -> (our value) for every key the model honours."""
+    tower = lambda p: {"hidden_size": getattr(cfg, f"{p}_width"), "intermediate_size": getattr(cfg, f"{p}_mlp"),  # noqa
+                       "num_attention_heads": getattr(cfg, f"{p}_heads"),
+                       "num_hidden_layers": getattr(cfg, f"{p}_layers"), "projection_dim": cfg.embed_dim}
+    text = dict(tower("text"), max_position_embeddings=cfg.context_length)
+    vision = dict(tower("vision"), image_size=cfg.image_size, patch_size=cfg.patch_size)
+    return {
+        "extract_vision_layer": cfg.extract_vision_layers, "adapt_layer": cfg.bridge_layers,
+        # mixup / warm-up models read no text layers into the bridge: the list does not affect their outputs
+        "extract_text_layer": cfg.bridge_text_layers if cfg.bridge_layers and not cfg.mixup_pretrain else None,
+        "patch_size": cfg.patch_size,
+        "num_visu_token": cfg.num_visu_tokens, "num_text_token": cfg.context_length, "hidden_dim": cfg.embed_dim,
+        "vl_seq_len": cfg.fusion_len,
+        "hf_clip_config": {"text_config": text, "vision_config": vision, "projection_dim": cfg.embed_dim},
+        "hf_clip_config_defaults_used": {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+                                         "vocab_size": cfg.vocab_size, "attention_dropout": 0.0},
+        "lora": {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "scaling": cfg.lora_alpha / cfg.lora_rank,
+                 "bias": "none", "peft_wraps": 1 + cfg.hi_lora_stage,
+                 "target_modules": None, "lora_dropout": None, "where LoRA lands": None},
+        "bridge": {"cross_attn heads": cfg.vision_heads, "cross_norm eps": 1e-5, "cross_mlp activation": "QuickGELU",
+                   "adaptive weights": None},
+        **_INFORMATIONAL,
+    }
+
+
+# settings that describe the fixture, not the model
+_INFORMATIONAL = dict.fromkeys(("script_flags", "script_flags_note", "hf_clip_checkpoint", "versions", "fusion encoder",
+                                "fixture_batch_size"))
+
+
+def _compat_switches(spec: dict) -> dict:
+    """compat entries that are switches ({"official": bool, ...}) -> our config field; descriptions of fixed
+    official behaviour (strings) need no switch."""
+    out = {}
+    for name, entry in (spec.get("compat") or {}).items():
+        if isinstance(entry, dict) and "official" in entry:
+            out[name] = bool(entry["official"])
     return out
 
 
-def _batch(inp):
-    """The case inputs as a vgcore Batch (bool masks: pixel_mask True = pad, text_mask True = real token),
-    with the raw texts tokenized by vgcore's CLIP BPE (the official forward takes the strings)."""
-    from vgcore.data.sample import Batch
+def _switch_field(name: str, cfg) -> str:
+    for f in (f"compat_{name}", name, f"compat_{name.split('_', 1)[-1]}"):
+        if hasattr(cfg, f):
+            return f
+    raise KeyError(f"compat switch {name!r} named by the spec has no counterpart in HiVGConfig")
+
+
+# ------------------------------------------------------------------------------------------ running a case
+def _texts_to_ids(texts, context_length, stored=None):
     from vgcore.text import build_tokenizer
 
-    B = inp["img"].shape[0]
-    ids, mask = build_tokenizer("clip")(list(inp["texts"]))
-    assert torch.equal(ids.long(), inp["text_ids"].long()), "CLIP BPE ids differ from the official tokenizer's"
-    return Batch(images=inp["img"], pixel_mask=inp["img_mask"].bool(), text_ids=ids, text_mask=mask,
+    ids, mask = build_tokenizer("clip", max_len=context_length)(list(texts))
+    if stored is not None:
+        assert torch.equal(ids.long(), stored.long()), "CLIP BPE ids differ from the official tokenizer's"
+    return ids, mask
+
+
+def _batch(img, img_mask, ids, mask, texts):
+    from vgcore.data.sample import Batch
+
+    B = img.shape[0]
+    return Batch(images=img, pixel_mask=img_mask.bool(), text_ids=ids, text_mask=mask,
                  boxes=torch.zeros(B, 4), target_boxes=[torch.zeros(1, 4)] * B,
                  num_targets=torch.ones(B, dtype=torch.long), affine=torch.zeros(B, 4, dtype=torch.float64),
-                 orig_size=torch.zeros(B, 2, dtype=torch.long), texts=list(inp["texts"]), records=[None] * B)
+                 orig_size=torch.zeros(B, 2, dtype=torch.long), texts=list(texts), records=[None] * B)
 
 
-@pytest.fixture(scope="module")
-def results(golden_dir):
-    """Per case: convert, build from the official flags, and run
-      mix   -- forward_tensors on the whole batch, LoRA unmerged (as peft), batch mixing ON;
-      nomix -- model(Batch) on the whole batch after model.merge_lora(), batch mixing OFF;
-      bs1   -- (first case only) one sample at a time, merged LoRA, batch mixing ON (a no-op at B = 1)."""
-    import goldenlib
-
-    found = _cases(golden_dir)
-    if not found:
-        pytest.skip("no HiVG golden cases")
-    res = []
-    for i, d in enumerate(found):
-        case = goldenlib.load_case(d)
-        args = case["spec"]["config"]["args"]
-        sd, info = convert_official(case["state_dict"], mixup=args.get("mixup_pretrain", False))
-        del case["state_dict"]
-        with torch.device("meta"):
-            model = build_model(args)
-        model.load_state_dict(sd, strict=True, assign=True)
-        model.eval()
-        inp = case["inputs"]
-        r = {"name": d.name, "case": case, "info": info, "cfg": model.cfg}
-        with torch.no_grad():
-            model.compat_batch_mixing = True
-            r["mix"] = model.forward_tensors(inp["img"], inp["img_mask"], inp["text_ids"])
-            assert model.merge_lora() > 0
-            model.compat_batch_mixing = False
-            r["nomix"] = model(_batch(inp))
-            if i == 0:
-                model.compat_batch_mixing = True
-                r["bs1"] = [model.forward_tensors(inp["img"][b:b + 1], inp["img_mask"][b:b + 1],
-                                                  inp["text_ids"][b:b + 1]) for b in range(inp["img"].shape[0])]
-        res.append(r)
-    return res
-
-
-def _ours(out, name):
-    base = name[:-4] if name.endswith("_bs1") else name
-    return out[OUR_NAME.get(base, base)]
-
-
-def test_cases_discovered(golden_dir):
-    assert len(_cases(golden_dir)) >= 1
-
-
-def test_converter_implies_compat_and_stage(results):
-    for r in results:
-        info, args = r["info"], r["case"]["spec"]["config"]["args"]
-        assert info["compat_batch_mixing"] is True
-        assert info["hi_lora_stage"] == args["hi_lora_stage"], r["name"]
-        # the converter's shape-based config inference agrees with the official flags
-        assert info["config"]["bridge_text_layers"] == r["cfg"].bridge_text_layers, r["name"]
-        assert info["config"]["bridge_layers"] == r["cfg"].bridge_layers, r["name"]
+@lru_cache(maxsize=2)
+def run_case(folder: Path) -> dict:
+    """Convert, build from the official flags, and run every forward the case's outputs need."""
+    case = golden.load(folder)
+    spec = case.spec
+    args = dict(spec["config"]["args"])
+    cfg = config_from_any(args)  # unknown official flags raise KeyError naming them
+    problems = golden.setting_problems({k: v for k, v in spec["config"].items() if k != "args"}, _hf_checks(cfg))
+    switches = {}
+    for name, official in _compat_switches(spec).items():
+        try:
+            switches[_switch_field(name, cfg)] = official
+        except KeyError as e:
+            problems.append(str(e).strip("'\""))
+    sd, info = convert_official(case.state_dict(), mixup=bool(args.get("mixup_pretrain", False)))
+    with torch.device("meta"):
+        model = build_model(cfg)
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.eval()
+    del sd
+    inp = case.inputs
+    img, img_mask = inp["img"], inp["img_mask"]
+    B = img.shape[0]
+    fb = spec["config"].get("fixture_batch_size")
+    if fb is not None and int(fb) != B:
+        problems.append(f"config.fixture_batch_size: spec {fb}, inputs hold a batch of {B}")
+    ids, mask = _texts_to_ids(inp["texts"], cfg.context_length, inp.get("text_ids"))
+    names = list(case.outputs)
+    full = [n for n in names if not n.endswith(BS1)]
+    r = {"case": case, "info": info, "cfg": model.cfg, "problems": problems, "switches": switches, "B": B}
+    with torch.no_grad():
+        for f, v in switches.items():
+            setattr(model.cfg, f, v)
+        if full:  # official full-batch behaviour, LoRA unmerged
+            r["full"] = model.forward_tensors(img, img_mask, ids)
+        model.merge_lora()
+        if len(full) < len(names):
+            for f in switches:  # the per-sample official runs == the corrected model on the whole batch
+                setattr(model.cfg, f, False)
+            r["nomix"] = model(_batch(img, img_mask, ids, mask, inp["texts"]))
+            for f, v in switches.items():
+                setattr(model.cfg, f, v)
+            runs = [model.forward_tensors(img[b:b + 1], img_mask[b:b + 1], ids[b:b + 1]) for b in range(B)]
+            r["per_sample"] = {k: torch.cat([o[k] for o in runs], 0) for k in runs[0]}
+    return r
 
 
-def test_full_batch_outputs_with_batch_mixing(results):
-    import goldenlib
+def produce(r: dict, names, per_sample: bool = False) -> dict:
+    """Our value for every golden output name (`golden.Unproducible` where we have none)."""
+    def rule(name):
+        bs1 = name.endswith(BS1)
+        base = name[:-len(BS1)] if bs1 else name
+        key = OUR_NAME.get(base, base)
+        out = r["per_sample" if per_sample else ("nomix" if bs1 else "full")]
+        v = out[key]
+        if bs1 and not per_sample and base.startswith("logits_per_"):
+            v = v.diagonal()  # each one-sample run gives the 1x1 logit of its own pair
+        return v
 
-    for r in results:
-        case = r["case"]
-        tol = case["spec"].get("tolerance", {})
-        names = [k for k in case["outputs"] if not k.endswith("_bs1")]
-        assert "pred_box" in names and "fusion_reg_output" in names
-        for k in names:
-            goldenlib.assert_matches(_ours(r["mix"], k), case["outputs"][k], **tol, name=f"{r['name']}/{k}")
-
-
-def test_bs1_outputs_without_batch_mixing(results):
-    """Switch OFF on the whole batch (merged LoRA, Batch entry point) == the official batch-size-1 runs."""
-    import goldenlib
-
-    for r in results:
-        case, out = r["case"], r["nomix"]
-        tol = case["spec"].get("tolerance", {})
-        names = [k for k in case["outputs"] if k.endswith("_bs1")]
-        assert names
-        for k in names:
-            ours = _ours(out, k)
-            if k.startswith("logits_per_text"):
-                ours = ours.diagonal()  # each bs1 run gives the 1x1 logit of its own pair
-            goldenlib.assert_matches(ours, case["outputs"][k], **tol, name=f"{r['name']}/{k}")
-        # the switch matters on a batch: the mixed full-batch reg output differs beyond tolerance
-        diff = (out["fusion_reg_output"] - case["outputs"]["fusion_reg_output"]).abs().max().item()
-        assert diff > tol.get("atol", 1e-4), f"{r['name']}: batch mixing had no effect ({diff})"
+    return golden.produce_all(names, rule)
 
 
-def test_batch_size_one_quirk_is_noop(results):
-    import goldenlib
-
-    r = results[0]
+# ------------------------------------------------------------------------------------------ tests
+def check_case(folder: Path):
+    r = run_case(Path(folder))
+    assert not r["problems"], "spec settings the model does not honour:\n  " + "\n  ".join(r["problems"])
     case = r["case"]
-    tol = case["spec"].get("tolerance", {})
-    for k in ("pred_box_bs1", "logits_per_text_bs1", "visu_token_similarity_bs1", "seg_mask_bs1",
-              "fusion_reg_output_bs1", "vision_cls_per_layer_bs1"):
-        ours = torch.cat([_ours(o, k).reshape(1, *case["outputs"][k].shape[1:]) for o in r["bs1"]], 0)
-        goldenlib.assert_matches(ours, case["outputs"][k], **tol, name=f"{r['name']}/{k} (bs1 runs)")
+    return golden.compare(produce(r, case.outputs), case)
+
+
+@pytest.mark.parametrize("folder", CASES)
+def test_hivg_golden_outputs(folder):
+    check_case(golden.require_case(folder, "HiVG"))
+
+
+@pytest.mark.parametrize("folder", CASES)
+def test_hivg_converter_agrees_with_spec(folder):
+    r = run_case(golden.require_case(folder, "HiVG"))
+    spec, info, cfg = r["case"].spec, r["info"], r["cfg"]
+    args = spec["config"]["args"]
+    assert info["hi_lora_stage"] == args.get("hi_lora_stage", 0)
+    for name, official in _compat_switches(spec).items():
+        assert info.get(_switch_field(name, cfg)) is official, name
+    for k in ("bridge_layers", "bridge_text_layers", "extract_vision_layers", "image_size", "patch_size"):
+        if k != "bridge_text_layers" or (cfg.bridge_layers and not cfg.mixup_pretrain):  # else not in the shapes
+            assert info["config"][k] == getattr(cfg, k), k
+
+
+@pytest.mark.parametrize("folder", CASES)
+def test_hivg_one_sample_runs(folder):
+    """Our own batch-size-1 runs with the compat switches at their official values == the official ``*_bs1``."""
+    r = run_case(golden.require_case(folder, "HiVG"))
+    case = r["case"]
+    names = [n for n in case.outputs if n.endswith(BS1)]
+    golden.compare(produce(r, names, per_sample=True), case, names, label=" (one-sample runs)")
+
+
+@pytest.mark.parametrize("folder", CASES)
+def test_hivg_batch_mixing_is_detectable(folder):
+    """Where a case stores an output both ways and batch mixing is on, the corrected full-batch run must differ
+    from the official full-batch output beyond the tolerance (the switch is observable)."""
+    r = run_case(golden.require_case(folder, "HiVG"))
+    case = r["case"]
+    pairs = [n for n in case.outputs if not n.endswith(BS1) and n + BS1 in case.outputs]
+    if r["B"] < 2 or not pairs or not any(r["switches"].values()):
+        return
+    diffs = {}
+    for n in pairs:
+        ours = produce(r, [n + BS1])[n + BS1]
+        gold = case.outputs[n].float()
+        if gold.is_floating_point() and tuple(ours.shape) == tuple(gold.shape):
+            diffs[n] = (ours.float() - gold).abs().max().item()
+    atol = golden.tolerances(case.spec, "")[0][1]["atol"]
+    assert diffs and max(diffs.values()) > atol, f"batch mixing had no visible effect: {diffs}"
+
+
+# ------------------------------------------------------------------------------------------ full_keys
+def _full_keys():
+    d = golden.golden_root() / "hivg" / "full_keys"
+    files = sorted(p for p in d.glob("*.json") if p.name != "index.json") if d.is_dir() else []
+    return golden.params(files, "HiVG full_keys")
+
+
+def _meta(layout: dict) -> dict:
+    return {k: torch.empty(v["shape"], dtype=getattr(torch, v["dtype"]), device="meta") for k, v in layout.items()}
+
+
+@pytest.mark.parametrize("path", _full_keys())
+def test_hivg_full_keys_convert(path):
+    path = golden.require_case(path, "HiVG full_keys")
+    index_path = path.parent / "index.json"
+    entry = json.loads(index_path.read_text()).get(path.name, {}) if index_path.is_file() else {}
+    mixup = "--mixup_pretrain" in entry.get("flags", "").split()
+    # raises ConversionError listing every unmapped key; verify=True loads the result strictly into the model
+    # built from the shapes
+    sd, info = convert_official(_meta(json.loads(path.read_text())), mixup=mixup)
+    if "hi_lora_stage" in entry:
+        assert info["hi_lora_stage"] == entry["hi_lora_stage"]
+    if "adapt_layer" in entry:
+        assert info["config"]["bridge_layers"] == entry["adapt_layer"]
+    if "extract_text_layer" in entry and not mixup and info["config"]["bridge_layers"]:
+        assert info["config"]["bridge_text_layers"] == entry["extract_text_layer"]
+
+
+# ------------------------------------------------------------------------------------------ meta-tests
+def _template():
+    found = golden.model_cases("hivg")
+    if not found:
+        golden.missing_golden("no HiVG golden case to build variants from")
+    return found[0]
+
+
+def _variant(tmp_path: Path, edit) -> Path:
+    """A copy of the first discovered case whose spec / inputs / outputs ``edit(spec, inputs, outputs)`` changes."""
+    src = _template()
+    dst = tmp_path / (src.name + "_variant")
+    dst.mkdir()
+    case = golden.load(src)
+    edit(case.spec, case.inputs, case.outputs)
+    (dst / "spec.json").write_text(json.dumps(case.spec))
+    torch.save(case.inputs, dst / "inputs.pt")
+    torch.save(case.outputs, dst / "outputs.pt")
+    if (src / "buffers.pt").is_file():
+        shutil.copy(src / "buffers.pt", dst / "buffers.pt")
+    return dst
+
+
+def test_meta_unproducible_output_fails_by_name(tmp_path):
+    def edit(spec, inputs, outputs):
+        first = next(iter(outputs))
+        outputs[first + "_renamed_by_meta_test"] = outputs.pop(first)
+
+    folder = _variant(tmp_path, edit)
+    with pytest.raises(AssertionError, match=r"_renamed_by_meta_test.*cannot be produced"):
+        check_case(folder)
+
+
+def test_meta_unknown_setting_fails_by_name(tmp_path):
+    def edit(spec, inputs, outputs):
+        spec["config"]["args"]["flag_added_by_meta_test"] = 3
+
+    with pytest.raises(KeyError, match="flag_added_by_meta_test"):
+        run_case(_variant(tmp_path, edit))
+
+
+def test_meta_batch_of_one_with_a_subset_of_outputs(tmp_path):
+    """Slice the batch to its last sample; the official one-sample outputs then are the case's full-batch
+    outputs (batch mixing is a no-op at B = 1).  Only those outputs are stored: a subset of the original."""
+    kept = {}
+
+    def edit(spec, inputs, outputs):
+        B = inputs["img"].shape[0]
+        b = B - 1
+        for k, v in list(inputs.items()):
+            inputs[k] = v[b:b + 1] if (torch.is_tensor(v) or isinstance(v, list)) and len(v) == B else v
+        one = {}
+        for n, v in outputs.items():
+            if n.endswith(BS1):
+                one[n[:-len(BS1)]] = v[b:b + 1]
+        outputs.clear()
+        outputs.update(one)
+        kept.update(one)
+        if "fixture_batch_size" in spec["config"]:
+            spec["config"]["fixture_batch_size"] = 1
+
+    folder = _variant(tmp_path, edit)
+    assert kept, "the template case has no one-sample outputs to build a batch-of-one case from"
+    report = check_case(folder)
+    assert {r.name for r in report.rows} == set(kept)
