@@ -124,8 +124,9 @@ class SimVGCriterion(nn.Module):
     ('dgt_loss_class', 'dgt_loss_bbox_0', 'tgt_loss_giou', 'kd_loss_bbox', ...).
 
     ``args``: a dict / Namespace / `SimVGLossConfig` (keys = its fields, optional 'loss_preset' from
-    `LOSS_PRESETS`; 'decoder_weight' / 'token_weight' / 'distill_weight' are accepted for the lambdas).  ``outputs``: `SimVG.forward` output (needs decoder_logits/boxes, and token_logits/boxes when
-    the TB is trained).  ``batch``: a Batch (uses ``target_boxes``) or the list of target boxes itself.
+    `LOSS_PRESETS`; 'decoder_weight' / 'token_weight' / 'distill_weight' are accepted for the lambdas).
+    ``outputs``: `SimVG.forward` output (needs decoder_logits/boxes, and token_logits/boxes when the TB is
+    trained).  ``batch``: a Batch (uses ``target_boxes``) or the list of target boxes itself.
     """
 
     def __init__(self, args: Any = None):
