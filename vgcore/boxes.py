@@ -151,53 +151,49 @@ def _iou_parts(a: torch.Tensor, b: torch.Tensor):
     return inter, box_area(a) + box_area(b) - inter, enclose
 
 
-def _iou_from_parts(inter, union, eps):
+def _prepared_parts(a, b, pairwise: bool):
+    """Validate, promote to a common float dtype, lay out [N,1,4] x [1,M,4] if pairwise -> `_iou_parts`."""
+    a, b = _float(_check4(a, "boxes1")), _float(_check4(b, "boxes2"))
+    if pairwise:
+        if a.dim() != 2 or b.dim() != 2:
+            raise ValueError(f"pairwise IoU expects [N,4] and [M,4], got {tuple(a.shape)} and {tuple(b.shape)}")
+        a, b = a[:, None, :], b[None, :, :]
+    dt = torch.promote_types(a.dtype, b.dtype)
+    return _iou_parts(a.to(dt), b.to(dt))
+
+
+def _iou(parts, eps):
+    inter, union, _ = parts
     return inter / union.clamp(min=eps)
 
 
-def _giou_from_parts(inter, union, enclose, eps):
-    iou = inter / union.clamp(min=eps)
-    return iou - (enclose - union).clamp(min=0) / enclose.clamp(min=eps)
-
-
-def _pair(a, b):
-    a, b = _float(_check4(a, "boxes1")), _float(_check4(b, "boxes2"))
-    if a.dim() != 2 or b.dim() != 2:
-        raise ValueError(f"pairwise IoU expects [N,4] and [M,4], got {tuple(a.shape)} and {tuple(b.shape)}")
-    dt = torch.promote_types(a.dtype, b.dtype)
-    return a.to(dt)[:, None, :], b.to(dt)[None, :, :]
-
-
-def _aligned(a, b):
-    a, b = _float(_check4(a, "boxes1")), _float(_check4(b, "boxes2"))
-    dt = torch.promote_types(a.dtype, b.dtype)
-    return a.to(dt), b.to(dt)
+def _giou(parts, eps):
+    _, union, enclose = parts
+    return _iou(parts, eps) - (enclose - union).clamp(min=0) / enclose.clamp(min=eps)
 
 
 @_numpy_compat
 def box_iou(boxes1: Array, boxes2: Array, eps: float = DEFAULT_EPS) -> Array:
     """Pairwise IoU of xyxy boxes: [N, 4] x [M, 4] -> [N, M]."""
-    inter, union, _ = _iou_parts(*_pair(boxes1, boxes2))
-    return _iou_from_parts(inter, union, eps)
+    return _iou(_prepared_parts(boxes1, boxes2, pairwise=True), eps)
 
 
 @_numpy_compat
 def generalized_box_iou(boxes1: Array, boxes2: Array, eps: float = DEFAULT_EPS) -> Array:
     """Pairwise GIoU (Rezatofighi et al. 2019) of xyxy boxes: [N, 4] x [M, 4] -> [N, M], values in [-1, 1]."""
-    return _giou_from_parts(*_iou_parts(*_pair(boxes1, boxes2)), eps)
+    return _giou(_prepared_parts(boxes1, boxes2, pairwise=True), eps)
 
 
 @_numpy_compat
 def box_iou_elementwise(boxes1: Array, boxes2: Array, eps: float = DEFAULT_EPS) -> Array:
     """Elementwise ("aligned") IoU of xyxy boxes: [..., 4] x [..., 4] (broadcastable) -> [...]."""
-    inter, union, _ = _iou_parts(*_aligned(boxes1, boxes2))
-    return _iou_from_parts(inter, union, eps)
+    return _iou(_prepared_parts(boxes1, boxes2, pairwise=False), eps)
 
 
 @_numpy_compat
 def generalized_box_iou_elementwise(boxes1: Array, boxes2: Array, eps: float = DEFAULT_EPS) -> Array:
     """Elementwise GIoU of xyxy boxes: [..., 4] x [..., 4] (broadcastable) -> [...]."""
-    return _giou_from_parts(*_iou_parts(*_aligned(boxes1, boxes2)), eps)
+    return _giou(_prepared_parts(boxes1, boxes2, pairwise=False), eps)
 
 
 # ------------------------------------------------------------------------------------------------ geometry
