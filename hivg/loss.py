@@ -1,4 +1,4 @@
-"""HiVG training criterion (official `utils/loss_utils.py::trans_vg_loss`, hivg.md §7).
+"""HiVG training criterion (the official `utils/loss_utils.py::trans_vg_loss`).
 
 Terms (each summed over the batch and divided by the per-GPU batch size B; no Hungarian matching):
   loss_bbox          2.0 * L1 over the 4 normalised cxcywh coordinates (plain L1, not smooth-L1)
@@ -24,29 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgcore.boxes import box_cxcywh_to_xyxy, generalized_box_iou_elementwise as elementwise_giou
+from vgcore.boxes import box_cxcywh_to_xyxy
+from vgcore.models.losses import dice_loss, l1_giou_losses, sigmoid_focal_loss
 
-__all__ = ["HiVGCriterion", "sigmoid_focal_loss", "dice_loss", "box_masks_from_boxes", "clip_loss"]
-
-
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, num: float, alpha: float = 0.25,
-                       gamma: float = 2.0) -> torch.Tensor:
-    """RetinaNet focal loss on [B, P] logits: mean over P, sum over B, / num."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.mean(1).sum() / num
-
-
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num: float) -> torch.Tensor:
-    """1 - (2 sum(p t) + 1) / (sum p + sum t + 1) per row of [B, P] (p = sigmoid), summed, / num."""
-    p = logits.sigmoid().flatten(1)
-    num_ = 2 * (p * targets).sum(1)
-    den = p.sum(-1) + targets.sum(-1)
-    return (1 - (num_ + 1) / (den + 1)).sum() / num
+__all__ = ["HiVGCriterion", "box_masks_from_boxes", "clip_loss"]
 
 
 def clip_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -99,11 +80,8 @@ class HiVGCriterion(nn.Module):
         pred = outputs["pred_boxes"].float()
         tgt = _get(batch, "boxes").to(pred)
         B = pred.shape[0]
-        losses = {
-            "loss_bbox": c["bbox_loss_coef"] * F.l1_loss(pred, tgt, reduction="sum") / B,
-            "loss_giou": c["giou_loss_coef"] * (1 - elementwise_giou(box_cxcywh_to_xyxy(pred),
-                                                                     box_cxcywh_to_xyxy(tgt))).sum() / B,
-        }
+        l1, giou = l1_giou_losses(pred, tgt, B)
+        losses = {"loss_bbox": c["bbox_loss_coef"] * l1, "loss_giou": c["giou_loss_coef"] * giou}
         if c["use_contrastive_loss"]:
             losses["loss_contrastive"] = c["contrastive_loss_coef"] * clip_loss(outputs["logits_per_text"].float())
         if c["use_rtcc_constrain_loss"] or c["use_mask_loss"]:

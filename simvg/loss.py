@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Sequence
 import torch
 from torch import nn
 
-from vgcore.models.matcher import (HungarianMatcher, SetCriterion, box_cxcywh_to_xyxy, num_boxes_all_ranks,
+from vgcore.boxes import box_cxcywh_to_xyxy, box_iou_elementwise
+from vgcore.models.matcher import (HungarianMatcher, SetCriterion, flatten_matches, num_boxes_all_ranks, pad_targets,
                                    weighted_sum)
 
 __all__ = ["SimVGLossConfig", "SimVGCriterion", "LOSS_PRESETS", "targets_from_boxes", "distill_targets"]
@@ -98,16 +99,6 @@ def targets_from_boxes(target_boxes: Sequence[torch.Tensor], device) -> List[dic
     return out
 
 
-def _aligned_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of aligned xyxy boxes [N,4], [N,4] -> [N] (DETR box_iou diagonal, no eps)."""
-    lt = torch.max(a[:, :2], b[:, :2])
-    rb = torch.min(a[:, 2:], b[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
-    return inter / (area(a) + area(b) - inter)
-
-
 @torch.no_grad()
 def distill_targets(matcher: HungarianMatcher, dec_logits: torch.Tensor, dec_boxes: torch.Tensor,
                     targets: Sequence[dict]):
@@ -116,18 +107,14 @@ def distill_targets(matcher: HungarianMatcher, dec_logits: torch.Tensor, dec_box
     dec_logits, dec_boxes = dec_logits.detach(), dec_boxes.detach()
     indices = matcher({"pred_logits": dec_logits, "pred_boxes": dec_boxes}, targets)
     dev = dec_boxes.device
-    b = torch.cat([torch.full_like(s, i) for i, (s, _) in enumerate(indices)]).to(dev)
-    s = torch.cat([s for s, _ in indices]).to(dev)
-    pred = dec_boxes[b, s].float()
-    gt = (torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices)]).to(pred)
-          if b.numel() else pred.new_zeros(0, 4))
-    score = dec_logits[b, s].float().softmax(-1)[:, 0]
-    weights = score * _aligned_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(gt))
+    image, query, gt = (i.to(dev) for i in flatten_matches(indices))
+    _, gt_boxes = pad_targets(targets, dev)
+    pred = dec_boxes[image, query].float()
+    confidence = dec_logits[image, query].float().softmax(-1)[:, 0]
+    weights = confidence * box_iou_elementwise(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(gt_boxes[image, gt]))
     W = weights.mean() if weights.numel() else pred.new_zeros(())
-    pseudo = []
-    for i, (si, _) in enumerate(indices):
-        boxes = dec_boxes[i, si.to(dev)].float()
-        pseudo.append({"labels": torch.zeros(boxes.shape[0], dtype=torch.int64, device=dev), "boxes": boxes})
+    pseudo = [{"labels": torch.zeros(len(q), dtype=torch.int64, device=dev), "boxes": dec_boxes[i, q.to(dev)].float()}
+              for i, (q, _) in enumerate(indices)]
     return W, pseudo, weights
 
 
@@ -137,8 +124,9 @@ class SimVGCriterion(nn.Module):
     ('dgt_loss_class', 'dgt_loss_bbox_0', 'tgt_loss_giou', 'kd_loss_bbox', ...).
 
     ``args``: a dict / Namespace / `SimVGLossConfig` (keys = its fields, optional 'loss_preset' from
-    `LOSS_PRESETS`; 'decoder_weight' / 'token_weight' / 'distill_weight' are accepted for the lambdas).  ``outputs``: `SimVG.forward` output (needs decoder_logits/boxes, and token_logits/boxes when
-    the TB is trained).  ``batch``: a Batch (uses ``target_boxes``) or the list of target boxes itself.
+    `LOSS_PRESETS`; 'decoder_weight' / 'token_weight' / 'distill_weight' are accepted for the lambdas).
+    ``outputs``: `SimVG.forward` output (needs decoder_logits/boxes, and token_logits/boxes when the TB is
+    trained).  ``batch``: a Batch (uses ``target_boxes``) or the list of target boxes itself.
     """
 
     def __init__(self, args: Any = None):

@@ -39,6 +39,19 @@ def test_conversions_leading_dims_roundtrip_and_numpy():
         B.box_xyxy_to_cxcywh(torch.zeros(3, 5))
 
 
+def test_conversions_agree_with_torchvision_and_keep_sizes_exact():
+    from torchvision.ops import box_convert
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(6, 4, generator=g) * 100
+    for a, b in [("xyxy", "cxcywh"), ("cxcywh", "xyxy"), ("xyxy", "xywh"), ("xywh", "xyxy")]:
+        assert torch.equal(B.convert_boxes(x, a, b), box_convert(x, a, b))
+    # cxcywh <-> xywh moves only the corner: w and h come back bit for bit (no trip through xyxy)
+    for a, b in [("cxcywh", "xywh"), ("xywh", "cxcywh")]:
+        y = B.convert_boxes(x, a, b)
+        assert torch.equal(y[:, 2:], x[:, 2:])
+        assert torch.allclose(y[:, :2], box_convert(x, a, b)[:, :2], atol=1e-5)
+
+
 def test_area_clamps_degenerate():
     a = B.box_area(t([[0, 0, 2, 3], [5, 5, 5, 9], [4, 4, 2, 2]]))
     assert torch.equal(a, t([6, 0, 0]))

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from hivg.loss import HiVGCriterion, box_masks_from_boxes, dice_loss, sigmoid_focal_loss
+from hivg.loss import HiVGCriterion, box_masks_from_boxes
 from vgcore.boxes import generalized_box_iou_elementwise as elementwise_giou
+from vgcore.models.losses import dice_loss, sigmoid_focal_loss
 
 
 def _outputs(pred, B, g=2, sim=0.0, seg=0.0, logits=None):

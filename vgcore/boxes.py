@@ -15,6 +15,9 @@ divides by max(denominator, eps), so IoU / GIoU are always finite: two zero-area
 points) have IoU 0 and GIoU 0, never NaN.  For non-degenerate boxes the eps never changes the value (it is a
 floor, not an additive term), so an IoU of exactly 0.5 stays exactly 0.5 and ``>= 0.5`` thresholds behave.
 
+Conversions to and from xyxy are torchvision's ``box_convert``; the rest is our own where torchvision's
+conventions differ (see the comments at each function).
+
 torch and numpy: every public function accepts torch tensors or numpy arrays (numpy in -> numpy out; the
 work is done in torch via a zero-copy ``torch.from_numpy``).  half / bfloat16 inputs are computed in
 float32 for IoU-type functions and returned in float32.
@@ -26,6 +29,7 @@ from typing import Union
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert
 
 Array = Union[torch.Tensor, np.ndarray]
 
@@ -71,40 +75,37 @@ def _float(b: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ conversions
 
-@_numpy_compat
-def box_xyxy_to_cxcywh(boxes: Array) -> Array:
-    x1, y1, x2, y2 = _check4(boxes).unbind(-1)
-    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
+def _tv(src: str, dst: str, doc: str):
+    """A public conversion that is torchvision's `box_convert` plus numpy support and a shape check."""
+
+    @_numpy_compat
+    def convert(boxes: Array) -> Array:
+        return box_convert(_check4(boxes), src, dst)
+
+    convert.__name__ = convert.__qualname__ = f"box_{src}_to_{dst}"
+    convert.__doc__ = doc
+    return convert
 
 
-@_numpy_compat
-def box_cxcywh_to_xyxy(boxes: Array) -> Array:
-    cx, cy, w, h = _check4(boxes).unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+box_xyxy_to_cxcywh = _tv("xyxy", "cxcywh", "(x1, y1, x2, y2) -> (cx, cy, w, h).")
+box_cxcywh_to_xyxy = _tv("cxcywh", "xyxy", "(cx, cy, w, h) -> (x1, y1, x2, y2).")
+box_xyxy_to_xywh = _tv("xyxy", "xywh", "(x1, y1, x2, y2) -> (x, y, w, h).")
+box_xywh_to_xyxy = _tv("xywh", "xyxy", "(x, y, w, h) -> (x1, y1, x2, y2).")
 
 
-@_numpy_compat
-def box_xyxy_to_xywh(boxes: Array) -> Array:
-    x1, y1, x2, y2 = _check4(boxes).unbind(-1)
-    return torch.stack([x1, y1, x2 - x1, y2 - y1], -1)
-
-
-@_numpy_compat
-def box_xywh_to_xyxy(boxes: Array) -> Array:
-    x, y, w, h = _check4(boxes).unbind(-1)
-    return torch.stack([x, y, x + w, y + h], -1)
-
-
+# torchvision goes cxcywh <-> xywh through xyxy, which re-rounds w and h; the direct form keeps them exact.
 @_numpy_compat
 def box_cxcywh_to_xywh(boxes: Array) -> Array:
-    cx, cy, w, h = _check4(boxes).unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, w, h], -1)
+    """(cx, cy, w, h) -> (x, y, w, h); w and h pass through unchanged."""
+    b = _check4(boxes)
+    return torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., 2:]], -1)
 
 
 @_numpy_compat
 def box_xywh_to_cxcywh(boxes: Array) -> Array:
-    x, y, w, h = _check4(boxes).unbind(-1)
-    return torch.stack([x + w / 2, y + h / 2, w, h], -1)
+    """(x, y, w, h) -> (cx, cy, w, h); w and h pass through unchanged."""
+    b = _check4(boxes)
+    return torch.cat([b[..., :2] + b[..., 2:] / 2, b[..., 2:]], -1)
 
 
 _CONVERTERS = {
@@ -128,6 +129,9 @@ def convert_boxes(boxes: Array, src: str, dst: str) -> Array:
 
 # ------------------------------------------------------------------------------------------------ area / IoU
 
+# torchvision's box_area / box_iou / generalized_box_iou give inverted boxes a positive area, divide without a
+# floor (NaN for zero-area pairs) and are pairwise only; the forms below keep the degenerate-box convention of
+# the module docstring and broadcast, so one core serves the pairwise and the aligned functions.
 @_numpy_compat
 def box_area(boxes: Array) -> Array:
     """Area of xyxy boxes [..., 4] -> [...]; inverted / degenerate boxes have area 0."""
@@ -136,67 +140,60 @@ def box_area(boxes: Array) -> Array:
 
 
 def _iou_parts(a: torch.Tensor, b: torch.Tensor):
-    """Broadcasting core: a, b xyxy [..., 4] with broadcastable leading dims -> inter, union, enclosing area."""
-    area_a, area_b = box_area(a), box_area(b)
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a + area_b - inter
-    elt = torch.minimum(a[..., :2], b[..., :2])
-    erb = torch.maximum(a[..., 2:], b[..., 2:])
-    ewh = (erb - elt).clamp(min=0)
-    enclose = ewh[..., 0] * ewh[..., 1]
-    return inter, union, enclose
+    """a, b xyxy [..., 4] with broadcastable leading dims -> (intersection, union, enclosing-box area).
+
+    The intersection is the box (max of the top-left corners, min of the bottom-right ones) and the enclosing
+    box the reverse; `box_area` clamps both, so disjoint boxes intersect in area 0."""
+    lo, hi = a[..., :2], a[..., 2:]
+    lo2, hi2 = b[..., :2], b[..., 2:]
+    inter = box_area(torch.cat([torch.maximum(lo, lo2), torch.minimum(hi, hi2)], -1))
+    enclose = box_area(torch.cat([torch.minimum(lo, lo2), torch.maximum(hi, hi2)], -1))
+    return inter, box_area(a) + box_area(b) - inter, enclose
 
 
-def _iou_from_parts(inter, union, eps):
+def _prepared_parts(a, b, pairwise: bool):
+    """Validate, promote to a common float dtype, lay out [N,1,4] x [1,M,4] if pairwise -> `_iou_parts`."""
+    a, b = _float(_check4(a, "boxes1")), _float(_check4(b, "boxes2"))
+    if pairwise:
+        if a.dim() != 2 or b.dim() != 2:
+            raise ValueError(f"pairwise IoU expects [N,4] and [M,4], got {tuple(a.shape)} and {tuple(b.shape)}")
+        a, b = a[:, None, :], b[None, :, :]
+    dt = torch.promote_types(a.dtype, b.dtype)
+    return _iou_parts(a.to(dt), b.to(dt))
+
+
+def _iou(parts, eps):
+    inter, union, _ = parts
     return inter / union.clamp(min=eps)
 
 
-def _giou_from_parts(inter, union, enclose, eps):
-    iou = inter / union.clamp(min=eps)
-    return iou - (enclose - union).clamp(min=0) / enclose.clamp(min=eps)
-
-
-def _pair(a, b):
-    a, b = _float(_check4(a, "boxes1")), _float(_check4(b, "boxes2"))
-    if a.dim() != 2 or b.dim() != 2:
-        raise ValueError(f"pairwise IoU expects [N,4] and [M,4], got {tuple(a.shape)} and {tuple(b.shape)}")
-    dt = torch.promote_types(a.dtype, b.dtype)
-    return a.to(dt)[:, None, :], b.to(dt)[None, :, :]
-
-
-def _aligned(a, b):
-    a, b = _float(_check4(a, "boxes1")), _float(_check4(b, "boxes2"))
-    dt = torch.promote_types(a.dtype, b.dtype)
-    return a.to(dt), b.to(dt)
+def _giou(parts, eps):
+    _, union, enclose = parts
+    return _iou(parts, eps) - (enclose - union).clamp(min=0) / enclose.clamp(min=eps)
 
 
 @_numpy_compat
 def box_iou(boxes1: Array, boxes2: Array, eps: float = DEFAULT_EPS) -> Array:
     """Pairwise IoU of xyxy boxes: [N, 4] x [M, 4] -> [N, M]."""
-    inter, union, _ = _iou_parts(*_pair(boxes1, boxes2))
-    return _iou_from_parts(inter, union, eps)
+    return _iou(_prepared_parts(boxes1, boxes2, pairwise=True), eps)
 
 
 @_numpy_compat
 def generalized_box_iou(boxes1: Array, boxes2: Array, eps: float = DEFAULT_EPS) -> Array:
     """Pairwise GIoU (Rezatofighi et al. 2019) of xyxy boxes: [N, 4] x [M, 4] -> [N, M], values in [-1, 1]."""
-    return _giou_from_parts(*_iou_parts(*_pair(boxes1, boxes2)), eps)
+    return _giou(_prepared_parts(boxes1, boxes2, pairwise=True), eps)
 
 
 @_numpy_compat
 def box_iou_elementwise(boxes1: Array, boxes2: Array, eps: float = DEFAULT_EPS) -> Array:
     """Elementwise ("aligned") IoU of xyxy boxes: [..., 4] x [..., 4] (broadcastable) -> [...]."""
-    inter, union, _ = _iou_parts(*_aligned(boxes1, boxes2))
-    return _iou_from_parts(inter, union, eps)
+    return _iou(_prepared_parts(boxes1, boxes2, pairwise=False), eps)
 
 
 @_numpy_compat
 def generalized_box_iou_elementwise(boxes1: Array, boxes2: Array, eps: float = DEFAULT_EPS) -> Array:
     """Elementwise GIoU of xyxy boxes: [..., 4] x [..., 4] (broadcastable) -> [...]."""
-    return _giou_from_parts(*_iou_parts(*_aligned(boxes1, boxes2)), eps)
+    return _giou(_prepared_parts(boxes1, boxes2, pairwise=False), eps)
 
 
 # ------------------------------------------------------------------------------------------------ geometry

@@ -27,11 +27,11 @@ safe.
 """
 from __future__ import annotations
 
-import builtins
 import datetime
 import gc
 import os
 import random
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional
 
@@ -43,7 +43,7 @@ __all__ = [
     "DistInfo", "init_distributed", "destroy", "get_info", "is_dist", "get_rank", "get_world_size",
     "is_main_process", "barrier", "all_reduce_sum", "all_reduce_mean", "all_gather_object", "broadcast",
     "broadcast_object", "seed_everything", "TrainSampler", "ShardedEvalSampler", "build_sampler",
-    "build_eval_sampler", "build_loader", "print_rank0", "setup_print", "unwrap_model",
+    "build_eval_sampler", "build_loader", "mute_stdout", "unwrap_model",
 ]
 
 
@@ -101,7 +101,7 @@ def init_distributed(backend: Optional[str] = None, device: Optional[str] = None
                 kw["device_id"] = dev
             tdist.init_process_group(**kw)
         _INFO = DistInfo(rank, world, local_rank, dev, True, backend)
-        setup_print(rank == 0)
+        mute_stdout(rank != 0)
     else:
         _INFO = DistInfo(0, 1, 0, dev, False, None)
     return _INFO
@@ -124,7 +124,7 @@ def destroy() -> None:
             tdist.destroy_process_group()
             gc.collect()
     _INFO = None
-    setup_print(True)
+    mute_stdout(False)
 
 
 def get_info() -> DistInfo:
@@ -202,24 +202,22 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-# --------------------------------------------------------------------------------------------- printing
-_BUILTIN_PRINT = builtins.print
+# --------------------------------------------------------------------------------------------- output
+_REAL_STDOUT = None  # the process's stdout while `mute_stdout` has replaced it
 
 
-def setup_print(is_master: bool) -> None:
-    """Silence ``print`` on non-zero ranks (``print(..., force=True)`` still prints)."""
+def mute_stdout(mute: bool) -> None:
+    """Point ``sys.stdout`` at the null device (``mute=True``) or back at the real stream (``False``).
 
-    def _print(*args, **kwargs):
-        force = kwargs.pop("force", False)
-        if is_master or force:
-            _BUILTIN_PRINT(*args, **kwargs)
-
-    builtins.print = _print if not is_master else _BUILTIN_PRINT
-
-
-def print_rank0(*args, **kwargs) -> None:
-    if is_main_process():
-        _BUILTIN_PRINT(*args, **kwargs)
+    `init_distributed` mutes every rank but 0, so a multi-process run prints each message once; stderr
+    (warnings, tracebacks) stays open on every rank.  Calling it twice with the same value is a no-op.
+    """
+    global _REAL_STDOUT
+    if mute and _REAL_STDOUT is None:
+        _REAL_STDOUT, sys.stdout = sys.stdout, open(os.devnull, "w")
+    elif not mute and _REAL_STDOUT is not None:
+        sys.stdout.close()
+        sys.stdout, _REAL_STDOUT = _REAL_STDOUT, None
 
 
 # --------------------------------------------------------------------------------------------- seeds

@@ -5,15 +5,19 @@ Conventions
 * Predictions: ``pred_logits`` [B, Q, C+1] (last class = "no-object"), ``pred_boxes`` [B, Q, 4]
   **normalised cxcywh**.
 * Targets: list of B dicts ``{"labels": long [N_i], "boxes": float [N_i, 4] normalised cxcywh}``;
-  N_i = 0 is allowed (every query is then "no-object").
-* Matching cost (detrex ``HungarianMatcher`` with ``ce_cost``):
-  C = cost_bbox * L1(cxcywh) - cost_class * softmax(logits)[target class] - cost_giou * GIoU(xyxy),
-  solved per sample with ``scipy.optimize.linear_sum_assignment``.
+  N_i = 0 is allowed (every query is then "no-object").  `pad_targets` stacks them into [B, N] / [B, N, 4]
+  (N = max N_i) so costs and losses are computed for the whole batch at once.
+* Matching cost of query q and target g of the same image:
+  C[q, g] = cost_bbox * |box_q - box_g|_1 (cxcywh) - cost_class * softmax(logits_q)[label_g]
+  - cost_giou * GIoU(box_q, box_g) (xyxy),
+  built as one [B, Q, N] tensor; image i's assignment minimises the sum of C over its [Q, N_i] block
+  (``scipy.optimize.linear_sum_assignment``).
 * `SetCriterion` returns **unweighted** terms ``loss_class``, ``loss_bbox``, ``loss_giou`` (plus ``_{i}``
   copies for ``aux_outputs[i]``, each matched on its own) and `weighted_sum` applies ``weight_dict``.
-  ``loss_class`` = F.cross_entropy over all queries with class weights [1, ..., 1, eos_coef] (PyTorch's
-  weighted mean); ``loss_bbox`` = sum L1 / num_boxes; ``loss_giou`` = sum (1 - GIoU) / num_boxes, where
-  num_boxes = total target count, all-reduced and averaged over ranks, clamped at >= 1.
+  ``loss_class`` = cross-entropy over all B * Q queries, the class of an unmatched query being "no-object",
+  with class weights [1, ..., 1, eos_coef] (weighted mean: sum w_y * CE / sum w_y); ``loss_bbox`` = sum L1 /
+  num_boxes; ``loss_giou`` = sum (1 - GIoU) / num_boxes, where num_boxes = total target count averaged over
+  ranks, at least 1.
 """
 from __future__ import annotations
 
@@ -23,52 +27,34 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
-from vgcore.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh  # noqa: F401 (re-exported)
+from vgcore import dist
+from vgcore.boxes import box_cxcywh_to_xyxy, generalized_box_iou_elementwise
+from vgcore.models.losses import l1_giou_losses
 
-__all__ = ["box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_iou", "generalized_box_iou", "HungarianMatcher",
-           "SetCriterion", "weighted_sum", "num_boxes_all_ranks"]
+__all__ = ["HungarianMatcher", "SetCriterion", "weighted_sum", "num_boxes_all_ranks", "pad_targets",
+           "flatten_matches"]
 
-
-def _area(b):
-    return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise IoU of xyxy boxes a [N,4], b [M,4] -> (iou [N,M], union [N,M]) (no eps, as DETR)."""
-    area_a, area_b = _area(a), _area(b)
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    return inter / union, union
+Match = Tuple[torch.Tensor, torch.Tensor]
 
 
-def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise GIoU of xyxy boxes a [N,4], b [M,4] -> [N,M]."""
-    iou, union = box_iou(a, b)
-    lt = torch.min(a[:, None, :2], b[None, :, :2])
-    rb = torch.max(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    hull = wh[..., 0] * wh[..., 1]
-    return iou - (hull - union) / hull
+def pad_targets(targets: Sequence[dict], device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """B target dicts -> (labels long [B, N], boxes float32 [B, N, 4]), N = max N_i; padding rows are 0."""
+    labels = pad_sequence([t["labels"].reshape(-1).long() for t in targets], batch_first=True)
+    boxes = pad_sequence([t["boxes"].reshape(-1, 4).float() for t in targets], batch_first=True)
+    return labels.to(device), boxes.to(device)
 
 
-def _elementwise_giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """GIoU of aligned xyxy boxes a [N,4], b [N,4] -> [N] (= diag of the pairwise matrix)."""
-    area_a, area_b = _area(a), _area(b)
-    lt = torch.max(a[:, :2], b[:, :2])
-    rb = torch.min(a[:, 2:], b[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    union = area_a + area_b - inter
-    iou = inter / union
-    lt2 = torch.min(a[:, :2], b[:, :2])
-    rb2 = torch.max(a[:, 2:], b[:, 2:])
-    wh2 = (rb2 - lt2).clamp(min=0)
-    hull = wh2[:, 0] * wh2[:, 1]
-    return iou - (hull - union) / hull
+def flatten_matches(indices: Sequence[Match]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image (pred_idx, tgt_idx) pairs -> flat long tensors (image, pred_idx, tgt_idx) over the batch."""
+    if not indices:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty, empty
+    counts = torch.tensor([len(p) for p, _ in indices], dtype=torch.int64)
+    image = torch.arange(len(indices)).repeat_interleave(counts)
+    preds, tgts = zip(*indices)
+    return image, torch.cat(preds).long().cpu(), torch.cat(tgts).long().cpu()
 
 
 class HungarianMatcher(nn.Module):
@@ -81,40 +67,34 @@ class HungarianMatcher(nn.Module):
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
 
     @torch.no_grad()
-    def forward(self, outputs: Dict[str, torch.Tensor], targets: Sequence[dict]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def cost(self, pred_logits: torch.Tensor, pred_boxes: torch.Tensor, tgt_labels: torch.Tensor,
+             tgt_boxes: torch.Tensor) -> torch.Tensor:
+        """[B, Q, C+1], [B, Q, 4] predictions against padded [B, N], [B, N, 4] targets -> cost [B, Q, N]."""
+        prob = pred_logits.float().softmax(-1)
+        Q = prob.shape[1]
+        p_class = prob.gather(2, tgt_labels[:, None, :].expand(-1, Q, -1))
+        pred, tgt = pred_boxes.float()[:, :, None, :], tgt_boxes[:, None, :, :]
+        l1 = (pred - tgt).abs().sum(-1)
+        giou = generalized_box_iou_elementwise(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt))
+        return self.cost_bbox * l1 - self.cost_class * p_class - self.cost_giou * giou
+
+    @torch.no_grad()
+    def forward(self, outputs: Dict[str, torch.Tensor], targets: Sequence[dict]) -> List[Match]:
         """-> list of B (pred_idx long [K], tgt_idx long [K]), K = min(Q, N_i), pred_idx ascending."""
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        B, Q = logits.shape[:2]
-        sizes = [int(t["boxes"].shape[0]) for t in targets]
-        empty = torch.empty(0, dtype=torch.int64)
-        if sum(sizes) == 0:
-            return [(empty, empty) for _ in range(B)]
-        prob = logits.flatten(0, 1).float().softmax(-1)
-        out_bbox = boxes.flatten(0, 1).float()
-        tgt_ids = torch.cat([t["labels"] for t in targets]).to(logits.device)
-        tgt_bbox = torch.cat([t["boxes"] for t in targets]).to(out_bbox)
-        cost = (self.cost_bbox * torch.cdist(out_bbox, tgt_bbox, p=1)
-                - self.cost_class * prob[:, tgt_ids]
-                - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox)))
-        cost = cost.view(B, Q, -1).cpu()
+        logits = outputs["pred_logits"]
+        labels, boxes = pad_targets(targets, logits.device)
+        cost = self.cost(logits, outputs["pred_boxes"], labels, boxes).cpu()
         result = []
-        for i, c in enumerate(cost.split(sizes, -1)):
-            if sizes[i] == 0:
-                result.append((empty, empty))
-                continue
-            r, col = linear_sum_assignment(c[i].numpy())
-            result.append((torch.as_tensor(r, dtype=torch.int64), torch.as_tensor(col, dtype=torch.int64)))
+        for c, t in zip(cost, targets):
+            rows, cols = linear_sum_assignment(c[:, :len(t["boxes"])].numpy())
+            result.append((torch.from_numpy(rows).long(), torch.from_numpy(cols).long()))
         return result
 
 
 def num_boxes_all_ranks(targets: Sequence[dict], device) -> float:
-    """Total target count averaged over distributed ranks, clamped at >= 1 (DETR's normaliser)."""
-    n = torch.as_tensor([float(sum(int(t["boxes"].shape[0]) for t in targets))], device=device)
-    world = 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(n)
-        world = torch.distributed.get_world_size()
-    return float(torch.clamp(n / world, min=1).item())
+    """Total target count averaged over distributed ranks, at least 1 (the set-loss normaliser)."""
+    count = torch.tensor(float(sum(len(t["boxes"]) for t in targets)), device=device)
+    return max(dist.all_reduce_mean(count).item(), 1.0)
 
 
 class SetCriterion(nn.Module):
@@ -131,41 +111,24 @@ class SetCriterion(nn.Module):
         self.matcher = matcher
         self.weight_dict = dict(weight_dict or {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0})
         self.eos_coef = eos_coef
-        empty_weight = torch.ones(num_classes + 1)
-        empty_weight[-1] = eos_coef
-        self.register_buffer("empty_weight", empty_weight, persistent=False)
-
-    @staticmethod
-    def _src_idx(indices):
-        batch = torch.cat([torch.full_like(s, i) for i, (s, _) in enumerate(indices)])
-        src = torch.cat([s for s, _ in indices])
-        return batch, src
-
-    def loss_labels(self, outputs, targets, indices) -> Dict[str, torch.Tensor]:
-        logits = outputs["pred_logits"]
-        b, s = self._src_idx(indices)
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        if b.numel():
-            tc = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
-            target_classes[b.to(logits.device), s.to(logits.device)] = tc
-        loss = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight.to(logits.device))
-        return {"loss_class": loss}
-
-    def loss_boxes(self, outputs, targets, indices, num_boxes) -> Dict[str, torch.Tensor]:
-        boxes = outputs["pred_boxes"]
-        b, s = self._src_idx(indices)
-        src = boxes[b.to(boxes.device), s.to(boxes.device)].float()
-        tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src) if b.numel() else src.new_zeros(0, 4)
-        l1 = F.l1_loss(src, tgt, reduction="none").sum() / num_boxes
-        giou = (1 - _elementwise_giou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))).sum() / num_boxes
-        return {"loss_bbox": l1, "loss_giou": giou}
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[num_classes] = eos_coef
+        self.register_buffer("class_weight", class_weight, persistent=False)
 
     def single(self, outputs, targets, num_boxes, indices=None) -> Dict[str, torch.Tensor]:
+        """The three terms for one prediction set (matched here unless ``indices`` is given)."""
         if indices is None:
             indices = self.matcher(outputs, targets)
-        out = self.loss_labels(outputs, targets, indices)
-        out.update(self.loss_boxes(outputs, targets, indices, num_boxes))
-        return out
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        dev = logits.device
+        labels, tgt_boxes = pad_targets(targets, dev)
+        image, pred, tgt = (i.to(dev) for i in flatten_matches(indices))
+        # every query is "no-object" unless matched, then it takes its target's class
+        classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=dev)
+        classes[image, pred] = labels[image, tgt]
+        loss_class = F.cross_entropy(logits.float().flatten(0, 1), classes.flatten(), self.class_weight.to(dev))
+        loss_bbox, loss_giou = l1_giou_losses(boxes[image, pred].float(), tgt_boxes[image, tgt], num_boxes)
+        return {"loss_class": loss_class, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     def forward(self, outputs, targets, num_boxes: Optional[float] = None) -> Dict[str, torch.Tensor]:
         if num_boxes is None:

@@ -1,9 +1,10 @@
 """Sine position encodings (DETR style), shared by the DETR-style heads.
 
-* `sine_position_2d(mask)`: the DETR / detrex ``PositionEmbeddingSine`` for a feature map.  ``mask`` is
-  [B, H, W] bool with **True = padding**; positions are the cumulative count of valid cells along each axis
-  (1-based), optionally normalised to (0, scale].  Output [B, 2 * num_pos_feats, H, W], channels
-  ``[pos_y (num_pos_feats), pos_x (num_pos_feats)]``, each interleaving sin (even) / cos (odd) channels.
+* `sine_position_2d(mask)`: the DETR-style encoding of a feature map.  ``mask`` is [B, H, W] bool with
+  **True = padding**.  A cell's y is the number of valid cells in its column up to and including its row
+  (x likewise along its row); with ``normalize`` both become (y + offset) / (valid cells in the column + eps)
+  * scale.  With d = num_pos_feats, channel 2j of the y half is sin(y / temperature^(2j/d)) and channel 2j + 1
+  the cos of the same angle.  Output [B, 2d, H, W]: the d y-channels, then the d x-channels.
 * `sine_position_1d(length, dim)`: a 1-D sequence encoding [length, dim] with position p = 0..length-1,
   even dims sin(p * f_i), odd dims cos(p * f_i), f_i = 1 / 10000^(i / (dim/2)).  ``degenerate=True``
   reproduces SimVG/ALVG's ``PositionEmbeddingSine1D``, which truncates the frequencies to integers
@@ -19,26 +20,31 @@ from torch import nn
 __all__ = ["sine_position_2d", "sine_position_1d", "PositionEmbeddingSine"]
 
 
+def _sin_cos(angles: torch.Tensor) -> torch.Tensor:
+    """[..., k] angles -> [..., 2k] with channel 2j = sin(angle_j) and channel 2j + 1 = cos(angle_j)."""
+    return torch.stack((angles.sin(), angles.cos()), -1).flatten(-2)
+
+
 def sine_position_2d(mask: torch.Tensor, num_pos_feats: int = 128, temperature: float = 10000.0,
                      normalize: bool = True, scale: float = 2 * math.pi, eps: float = 1e-6,
                      offset: float = 0.0) -> torch.Tensor:
-    """[B, H, W] bool mask (True = padding) -> [B, 2 * num_pos_feats, H, W] float32."""
+    """[B, H, W] bool mask (True = padding) -> [B, 2 * num_pos_feats, H, W] float32.
+
+    Both axes are computed together: ``coords[..., 0]`` is the row position y, ``coords[..., 1]`` the column
+    position x, each divided by the d/2 wavelengths temperature^(2j/d), j < d/2, d = num_pos_feats.
+    """
     if mask.dim() != 3:
         raise ValueError(f"sine_position_2d: mask must be [B,H,W], got {tuple(mask.shape)}")
-    not_mask = ~mask.bool()
-    y = not_mask.cumsum(1, dtype=torch.float32)
-    x = not_mask.cumsum(2, dtype=torch.float32)
-    if normalize:
-        y = (y + offset) / (y[:, -1:, :] + eps) * scale
-        x = (x + offset) / (x[:, :, -1:] + eps) * scale
-    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=mask.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
-    px = x[..., None] / dim_t
-    py = y[..., None] / dim_t
-    B, H, W = mask.shape
-    px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=4).view(B, H, W, -1)
-    py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), dim=4).view(B, H, W, -1)
-    return torch.cat((py, px), dim=3).permute(0, 3, 1, 2)
+    if num_pos_feats % 2:
+        raise ValueError(f"sine_position_2d: num_pos_feats must be even, got {num_pos_feats}")
+    valid = ~mask.bool()
+    coords = torch.stack((valid.cumsum(1, dtype=torch.float32), valid.cumsum(2, dtype=torch.float32)), -1)
+    if normalize:  # divide by the valid extent of the cell's column (for y) and row (for x)
+        extent = torch.stack(torch.broadcast_tensors(valid.sum(1, keepdim=True), valid.sum(2, keepdim=True)), -1)
+        coords = (coords + offset) / (extent.float() + eps) * scale
+    exponent = torch.arange(0, num_pos_feats, 2, dtype=torch.float32, device=mask.device) / num_pos_feats
+    angles = coords[..., None] / temperature ** exponent                 # [B, H, W, 2, d/2]
+    return _sin_cos(angles).flatten(-2).permute(0, 3, 1, 2)              # channels: y's d, then x's d
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -60,12 +66,8 @@ def sine_position_1d(length: int, dim: int, temperature: float = 10000.0, degene
     if dim % 2:
         raise ValueError(f"sine_position_1d: dim must be even, got {dim}")
     half = dim // 2
-    freq = 1.0 / torch.pow(torch.tensor(float(temperature)), torch.arange(half, dtype=torch.float32) / half)
+    freq = 1.0 / temperature ** (torch.arange(half, dtype=torch.float32) / half)
     if degenerate:
         freq = freq.to(torch.long).to(torch.float32)  # the official int cast: [1, 0, 0, ...]
-    pos = torch.arange(length, dtype=torch.float32)
-    arg = pos[:, None] * freq[None, :]
-    out = torch.empty(length, dim, dtype=torch.float32)
-    out[:, 0::2] = arg.sin()
-    out[:, 1::2] = arg.cos()
-    return out.to(device=device, dtype=dtype)
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * freq
+    return _sin_cos(angles).to(device=device, dtype=dtype)
