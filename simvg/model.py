@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgcore.models.beit3 import BEiT3, beit3_config, load_beit3_pretrained
-from vgcore.models.matcher import box_cxcywh_to_xyxy
+from vgcore.boxes import box_cxcywh_to_xyxy
 
 from simvg.head import SimVGHead
 
