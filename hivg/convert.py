@@ -17,6 +17,11 @@ LoRA handling (``lora=``): "keep" copies the adapters (our `LoRALinear.lora_a/lo
 ``W + (alpha/r) * B @ A`` (alpha = 16 officially, so scale 0.5) and writes zero ``lora_b`` so the result still
 loads strictly into a LoRA-enabled model; "merge_drop" folds and emits no adapter keys (for ``lora_rank=0``).
 
+Key renaming is three rule tables over `vgcore.checkpoint.convert_state_dict`: `OPENAI_RULES` (OpenAI /
+open_clip -> HF CLIPModel names, packed attention split first), `CLIP_RULES` (HF -> ours) and `HEAD_RULES`
+(official heads -> ours); peft prefixes, LoRA adapters and the per-layer adaptive weights are unwrapped around
+them.  Files are read weights-only; ``trust_pickle=True`` (``--trust_pickle``) opts in to full unpickling.
+
 Every converter returns ``(state_dict, info)``; ``info`` holds the implied config and compat switches:
 official checkpoints imply ``compat_batch_mixing=True`` (the released weights were trained with the bug).
 """
@@ -35,7 +40,7 @@ import torch
 from vgcore.checkpoint import ConversionError, Rules, convert_state_dict, load_strict, torch_load, unwrap
 from vgcore.checkpoint import check_state_dict as _check_against_model
 
-__all__ = ["ConversionError", "CLIP_RULES", "HEAD_RULES", "convert_official", "convert_clip", "infer_official_config",
+__all__ = ["ConversionError", "CLIP_RULES", "HEAD_RULES", "OPENAI_RULES", "convert_official", "convert_clip", "infer_official_config",
            "load_clip_into", "load_official_model", "check_state_dict", "load_checkpoint_file", "strip_peft_prefix",
            "main"]
 
@@ -176,59 +181,55 @@ def _convert_hf_space(hf: dict, lora: str, drop_bridge_gate: bool, lora_alpha: f
 
 
 # ---------------------------------------------------------------- OpenAI / open_clip -> HF key space
-_OA_SCALARS = {"input_resolution", "context_length", "vocab_size"}
+_OA_BLOCK = r"^(?:(visual)\.)?transformer\.resblocks\.(\d+)\."
+
+
+def _oa_block(rest: str):
+    """Replacement for an OpenAI residual-block key: the tower from the optional ``visual.`` group."""
+    return lambda m: f"{'vision_model' if m.group(1) else 'text_model'}.encoder.layers.{m.group(2)}.{rest}"
+
+
+# OpenAI / open_clip key -> HF CLIPModel key (then `CLIP_RULES` takes it to ours); the packed attention
+# in_proj is split into q/k/v before these rules apply
+OPENAI_RULES: Rules = [
+    (r"^(input_resolution|context_length|vocab_size)$", None),  # scalars of the OpenAI archive
+    (r"(^|\.)attn_mask$", None),
+    *[(_OA_BLOCK + ours + r"$", _oa_block(theirs)) for ours, theirs in (
+        (r"attn\.out_proj\.weight", "self_attn.out_proj.weight"), (r"attn\.out_proj\.bias", "self_attn.out_proj.bias"),
+        (r"ln_1\.weight", "layer_norm1.weight"), (r"ln_1\.bias", "layer_norm1.bias"),
+        (r"ln_2\.weight", "layer_norm2.weight"), (r"ln_2\.bias", "layer_norm2.bias"),
+        (r"mlp\.c_fc\.weight", "mlp.fc1.weight"), (r"mlp\.c_fc\.bias", "mlp.fc1.bias"),
+        (r"mlp\.c_proj\.weight", "mlp.fc2.weight"), (r"mlp\.c_proj\.bias", "mlp.fc2.bias"))],
+    (_OA_BLOCK + r"attn\.(q|k|v)_proj\.(weight|bias)$", lambda m: (
+        f"{'vision_model' if m.group(1) else 'text_model'}.encoder.layers.{m.group(2)}."
+        f"self_attn.{m.group(3)}_proj.{m.group(4)}")),
+    (r"^token_embedding\.weight$", "text_model.embeddings.token_embedding.weight"),
+    (r"^positional_embedding$", "text_model.embeddings.position_embedding.weight"),
+    (r"^ln_final\.(weight|bias)$", r"text_model.final_layer_norm.\1"),
+    (r"^logit_scale$", "logit_scale"),
+    (r"^visual\.class_embedding$", "vision_model.embeddings.class_embedding"),
+    (r"^visual\.positional_embedding$", "vision_model.embeddings.position_embedding.weight"),
+    (r"^visual\.conv1\.weight$", "vision_model.embeddings.patch_embedding.weight"),
+    (r"^visual\.ln_pre\.(weight|bias)$", r"vision_model.pre_layrnorm.\1"),
+    (r"^visual\.ln_post\.(weight|bias)$", r"vision_model.post_layernorm.\1"),
+    (r"^text_projection$", "text_projection.weight", lambda v: v.t()),  # OpenAI stores x @ P, HF a Linear
+    (r"^visual\.proj$", "visual_projection.weight", lambda v: v.t()),
+]
 
 
 def _openai_to_hf(sd: dict) -> tuple:
-    hf, dropped, unmapped = {}, [], []
-    blk = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.*)$")
+    split = {}
     for k, v in sd.items():
-        if k in _OA_SCALARS or k == "attn_mask" or k.endswith(".attn_mask"):
-            dropped.append(k)
-            continue
-        m = blk.match(k)
-        if m:
-            tower = "vision_model" if m.group(1) else "text_model"
-            pre = f"{tower}.encoder.layers.{m.group(2)}."
-            rest = m.group(3)
-            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
-                kind = "weight" if rest.endswith("weight") else "bias"
-                for name, part in zip("qkv", v.chunk(3, 0)):
-                    hf[f"{pre}self_attn.{name}_proj.{kind}"] = part
-                continue
-            simple = {"attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
-                      "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
-                      "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
-                      "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
-                      "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias"}
-            if rest in simple:
-                hf[pre + simple[rest]] = v
-            else:
-                unmapped.append(k)
-            continue
-        top = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-               "positional_embedding": "text_model.embeddings.position_embedding.weight",
-               "ln_final.weight": "text_model.final_layer_norm.weight",
-               "ln_final.bias": "text_model.final_layer_norm.bias",
-               "logit_scale": "logit_scale",
-               "visual.class_embedding": "vision_model.embeddings.class_embedding",
-               "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-               "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-               "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
-               "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
-               "visual.ln_post.weight": "vision_model.post_layernorm.weight",
-               "visual.ln_post.bias": "vision_model.post_layernorm.bias"}
-        if k in top:
-            hf[top[k]] = v
-        elif k == "text_projection":
-            hf["text_projection.weight"] = v.t()
-        elif k == "visual.proj":
-            hf["visual_projection.weight"] = v.t()
+        m = re.match(_OA_BLOCK + r"attn\.in_proj_(weight|bias)$", k)
+        if m:  # packed [3D, ...] -> q, k, v
+            for name, part in zip("qkv", v.chunk(3, 0)):
+                split[k[: m.start(3) - len("in_proj_")] + f"{name}_proj.{m.group(3)}"] = part
         else:
-            unmapped.append(k)
-    if unmapped:
-        _fail("unmapped OpenAI/open_clip keys", unmapped)
-    return hf, dropped
+            split[k] = v
+    hf, report = convert_state_dict(split, OPENAI_RULES, keep_unmatched=False)
+    if report.unmatched:
+        _fail("unmapped OpenAI/open_clip keys", report.unmatched)
+    return dict(hf), report.dropped
 
 
 def _is_openai_layout(sd: dict) -> bool:
