@@ -21,14 +21,13 @@ from hivg import convert
 from hivg.model import HiVG, build_model
 from vgcore import cli
 from vgcore.boxes import box_cxcywh_to_xyxy
-from vgcore.checkpoint import load_state_dict_strict
+from vgcore.checkpoint import load_model_file, load_strict
 from vgcore.data.build import default_workers, load_split
 from vgcore.data.dataset import Collate, GroundingDataset
 from vgcore.data.transforms import build_transforms
 from vgcore.dist import build_loader
 from vgcore.metrics import PointingAccumulator, RECAccumulator, argmax_cell_in_box
 from vgcore.text import build_tokenizer
-from vgcore.trainer import load_model_file
 
 MODELS = ("ViT-B/16", "ViT-L/14", "tiny")
 LENGTH_BUCKETS = ((1, 5, "len1-5"), (6, 7, "len6-7"), (8, 10, "len8-10"), (11, 10 ** 9, "len11+"))
@@ -64,6 +63,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "LoRA + heads): 'all' (also plain --train_clip) both towers, for from-scratch presets such "
                         "as --model tiny; 'text' only the text tower, e.g. over a tag-pretrained tiny image tower "
                         "(hivg/pretrain_tiny.py); LoRA adapters keep the trainable set of --hi_lora_stage")
+    g.add_argument("--trust_pickle", action="store_true",
+                   help="read checkpoint files that a weights-only load refuses (e.g. OpenAI's TorchScript CLIP "
+                        "archives) with full unpickling, which can run code stored in the file: trusted files only")
     g.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root's layout)")
     g.add_argument("--box_int_truncate", action="store_true",
                    help="compat: truncate the stored x, y, w, h to int before xywh->xyxy, as the official loader does")
@@ -93,12 +95,14 @@ def build_hivg(args) -> HiVG:
     return build_model(model_config_from_args(args))
 
 
-def _load_whole(model: HiVG, path: str, allow_missing=()) -> dict:
-    obj = load_model_file(path)
+def _load_whole(model: HiVG, path: str, allow_missing=(), trust_pickle: bool = False) -> dict:
+    """Our model file or an official HiVG checkpoint (converted) -> ``model``, strictly; the file is read once,
+    weights-only unless ``trust_pickle``.  Returns `load_model_file`'s dict plus ``missing`` (allowed keys)."""
+    obj = load_model_file(path, trust_pickle=trust_pickle)
     sd = obj["model"]
     if not any(k.startswith(("fusion.", "bbox_head.")) for k in sd):  # an official checkpoint: convert first
-        sd, info = convert.convert_official(convert.load_checkpoint_file(path), mixup=model.cfg.mixup_pretrain)
-    missing, _ = load_state_dict_strict(model, sd, allow_missing=allow_missing, what=path)
+        sd, info = convert.convert_official(obj["raw"], mixup=model.cfg.mixup_pretrain)
+    missing, _ = load_strict(model, sd, allow_missing=allow_missing, what=path)
     obj["missing"] = missing
     return obj
 
@@ -121,23 +125,25 @@ def _train_clip_mode(v) -> str:
 def load_pretrained(model: HiVG, args, logger=None) -> None:
     """--clip_dir / --clip_model (CLIP towers), then --retrain or --hi_lora_retrain (whole model)."""
     say = logger.info if logger is not None else print
+    trust = bool(getattr(args, "trust_pickle", False))
     for path in (args.clip_dir, args.clip_model):
         if path:
-            sd, info = convert.convert_clip(path)
+            sd, info = convert.convert_clip(path, trust_pickle=trust)
             convert.load_clip_into(model, sd)
             say(f"loaded CLIP weights from {path} ({info.get('source')}, {len(sd)} tensors)")
     if args.retrain:
         # a --warmup model has no bridge: exactly the bridge (and adaptive-weight) parameters may be missing
-        got = _load_whole(model, args.retrain, allow_missing=(r"\.bridge\.", r"adaptive", r"cross_gate"))
+        got = _load_whole(model, args.retrain, allow_missing=(r"\.bridge\.", r"adaptive", r"cross_gate"),
+                          trust_pickle=trust)
         say(f"retrain: weights from {args.retrain}"
             + (f"; {len(got['missing'])} bridge parameters start from their initialisation (a --warmup model)"
                if got["missing"] else ""))
     if args.hi_lora_retrain:
-        _load_whole(model, args.hi_lora_retrain)
+        _load_whole(model, args.hi_lora_retrain, trust_pickle=trust)
         model.set_hilora_stage(args.hi_lora_stage)
         say(f"Hi LoRA stage {args.hi_lora_stage}: model from {args.hi_lora_retrain}")
     if args.hi_lora_clip:
-        sd, _ = convert.convert_clip(args.hi_lora_clip, mixup=model.cfg.mixup_pretrain)
+        sd, _ = convert.convert_clip(args.hi_lora_clip, mixup=model.cfg.mixup_pretrain, trust_pickle=trust)
         convert.load_clip_into(model, sd, reinit_ml_projection=False)
         say(f"CLIP + LoRA + bridges from {args.hi_lora_clip}")
     model.compat_batch_mixing = bool(args.bridge_batch_mixing)

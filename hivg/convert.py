@@ -1,4 +1,4 @@
-"""Official HiVG checkpoints and pretrained CLIP weights -> our state dict (hivg.md §4, §10).
+"""Official HiVG checkpoints and pretrained CLIP weights -> our state dict.
 
 Sources handled (every input key must be mapped or explicitly dropped; otherwise `ConversionError` lists them):
   * official HiVG ``checkpoint['model']`` of any Hi LoRA stage: ``clip.`` + ``base_model.model.`` x (1+stage)
@@ -8,13 +8,19 @@ Sources handled (every input key must be mapped or explicitly dropped; otherwise
   * ``clip_lora_stage_with_bridge.pth`` (the same CLIP entries without ``clip.``) and the debiased CLIP files
     (``{'model': peft-wrapped HF CLIPModel}``);
   * HF CLIPModel state dicts / folders (``pytorch_model.bin`` or ``model.safetensors``);
-  * OpenAI CLIP state dicts (also TorchScript archives) and open_clip models (same key names as OpenAI);
+  * OpenAI CLIP state dicts (TorchScript archives only with ``trust_pickle``: loading them may run code) and
+    open_clip models (same key names as OpenAI);
   * CLIP weights already in our key space (``vision.*``, ``text.*``, projections), e.g. the tag-pretrained
     tiny tower that ``hivg/pretrain_tiny.py`` writes.
 
 LoRA handling (``lora=``): "keep" copies the adapters (our `LoRALinear.lora_a/lora_b`); "merge" folds
 ``W + (alpha/r) * B @ A`` (alpha = 16 officially, so scale 0.5) and writes zero ``lora_b`` so the result still
 loads strictly into a LoRA-enabled model; "merge_drop" folds and emits no adapter keys (for ``lora_rank=0``).
+
+Key renaming is three rule tables over `vgcore.checkpoint.convert_state_dict`: `OPENAI_RULES` (OpenAI /
+open_clip -> HF CLIPModel names, packed attention split first), `CLIP_RULES` (HF -> ours) and `HEAD_RULES`
+(official heads -> ours); peft prefixes, LoRA adapters and the per-layer adaptive weights are unwrapped around
+them.  Files are read weights-only; ``trust_pickle=True`` (``--trust_pickle``) opts in to full unpickling.
 
 Every converter returns ``(state_dict, info)``; ``info`` holds the implied config and compat switches:
 official checkpoints imply ``compat_batch_mixing=True`` (the released weights were trained with the bug).
@@ -31,16 +37,15 @@ from typing import Optional
 
 import torch
 
-__all__ = ["ConversionError", "convert_official", "convert_clip", "infer_official_config", "load_clip_into",
-           "load_official_model", "check_state_dict", "load_checkpoint_file", "strip_peft_prefix", "main"]
+from vgcore.checkpoint import ConversionError, Rules, convert_state_dict, load_strict, torch_load, unwrap
+from vgcore.checkpoint import check_state_dict as _check_against_model
+
+__all__ = ["ConversionError", "CLIP_RULES", "HEAD_RULES", "OPENAI_RULES", "convert_official", "convert_clip", "infer_official_config",
+           "load_clip_into", "load_official_model", "check_state_dict", "load_checkpoint_file", "strip_peft_prefix",
+           "main"]
 
 LORA_ALPHA = 16.0
 _PEFT = "base_model.model."
-
-
-class ConversionError(KeyError):
-    def __str__(self):  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else ""
 
 
 def _fail(msg: str, keys) -> None:
@@ -50,22 +55,6 @@ def _fail(msg: str, keys) -> None:
 
 
 # ---------------------------------------------------------------- small generic helpers
-def unwrap_state_dict(obj) -> dict:
-    """Accept {'model': sd}, {'state_dict': sd}, a module, or a state dict; strip a leading 'module.'."""
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict):
-        for k in ("model", "state_dict"):
-            if k in obj and isinstance(obj[k], dict):
-                obj = obj[k]
-                break
-    if not isinstance(obj, dict):
-        raise TypeError(f"expected a state dict, got {type(obj).__name__}")
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
-
-
 def strip_peft_prefix(key: str) -> tuple:
     """'base_model.model.' x n + rest -> (rest, n)."""
     n = 0
@@ -75,22 +64,27 @@ def strip_peft_prefix(key: str) -> tuple:
     return key, n
 
 
-def load_checkpoint_file(path: str | os.PathLike):
-    """torch.load / safetensors / HF folder / TorchScript archive -> raw object (trusted files only: the
-    official checkpoints pickle an argparse.Namespace under 'args', so weights_only=False is needed)."""
+def load_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False):
+    """A checkpoint file -> raw object: ``.safetensors``, an HF folder (``model.safetensors`` /
+    ``pytorch_model.bin``), or a ``torch.save`` file read weights-only (official HiVG checkpoints pickle an
+    ``argparse.Namespace`` under 'args', which is allowed).  Files needing more -- e.g. OpenAI's TorchScript
+    CLIP archives -- are refused unless ``trust_pickle`` (`vgcore.checkpoint.UntrustedFileError`)."""
     p = Path(path)
     if p.is_dir():
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (p / name).exists():
-                return load_checkpoint_file(p / name)
+                return load_checkpoint_file(p / name, trust_pickle=trust_pickle)
         raise FileNotFoundError(f"{p}: no model.safetensors / pytorch_model.bin in this folder")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(p))
-    try:
-        return torch.load(str(p), map_location="cpu", weights_only=False)
-    except RuntimeError:
-        return torch.jit.load(str(p), map_location="cpu").state_dict()  # OpenAI TorchScript archives
+    obj = torch_load(p, trust_pickle=trust_pickle)
+    return obj.state_dict() if isinstance(obj, torch.nn.Module) else obj  # a trusted TorchScript archive
+
+
+def _map_one(key: str, rules) -> Optional[str]:
+    out, _ = convert_state_dict({key: None}, rules, keep_unmatched=False)
+    return next(iter(out), None)
 
 
 # ---------------------------------------------------------------- HF CLIP key space -> ours
@@ -118,7 +112,7 @@ _HF_RULES = [
     (r"text_projection\.weight", "text_projection.weight"),
     (r"logit_scale", "logit_scale"),
 ]
-_HF_RULES = [(re.compile(p + "$"), r) for p, r in _HF_RULES]
+CLIP_RULES: Rules = [("^" + p + "$", r) for p, r in _HF_RULES]  # HF CLIPModel key -> ours
 _HF_DROP = re.compile(r"(text_model|vision_model)\.embeddings\.position_ids$")
 _ADAPTIVE = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.cross_adaptive_weights\.(\d+)\.weight$")
 _BRIDGE_GATE = re.compile(r"vision_model\.encoder\.layers\.\d+\.(cross_gate|cross_adaptive_weights)\.")
@@ -126,17 +120,14 @@ _LORA = re.compile(r"^(.*)\.lora_([AB])(?:\.default)?\.weight$")
 
 
 def _map_hf(key: str) -> Optional[str]:
-    for pat, rep in _HF_RULES:
-        if pat.match(key):
-            return pat.sub(rep, key)
-    return None
+    return _map_one(key, CLIP_RULES)
 
 
 def _convert_hf_space(hf: dict, lora: str, drop_bridge_gate: bool, lora_alpha: float) -> tuple:
     """HF CLIPModel key space (peft prefixes already removed) -> (ours, info)."""
     if lora not in ("keep", "merge", "merge_drop"):
         raise ValueError(f"lora must be 'keep', 'merge' or 'merge_drop', got {lora!r}")
-    base, adapters, adaptive, dropped, unmapped = {}, {}, {}, [], []
+    plain, adapters, adaptive, dropped = {}, {}, {}, []
     for k0, v in hf.items():
         k = k0.replace(".base_layer.", ".")  # newer peft naming of the wrapped linear
         m = _LORA.match(k)
@@ -153,13 +144,11 @@ def _convert_hf_space(hf: dict, lora: str, drop_bridge_gate: bool, lora_alpha: f
         if m:
             adaptive.setdefault(int(m.group(1)), {})[int(m.group(2))] = v
             continue
-        ours = _map_hf(k)
-        if ours is None:
-            unmapped.append(k)
-        else:
-            base[ours] = v
-    if unmapped:
-        _fail("unmapped CLIP keys", unmapped)
+        plain[k] = v
+    base, report = convert_state_dict(plain, CLIP_RULES, keep_unmatched=False)
+    if report.unmatched:
+        _fail("unmapped CLIP keys", report.unmatched)
+    base = dict(base)
     for layer, parts in adaptive.items():
         idx = sorted(parts)
         if idx != list(range(len(idx))):
@@ -192,59 +181,55 @@ def _convert_hf_space(hf: dict, lora: str, drop_bridge_gate: bool, lora_alpha: f
 
 
 # ---------------------------------------------------------------- OpenAI / open_clip -> HF key space
-_OA_SCALARS = {"input_resolution", "context_length", "vocab_size"}
+_OA_BLOCK = r"^(?:(visual)\.)?transformer\.resblocks\.(\d+)\."
+
+
+def _oa_block(rest: str):
+    """Replacement for an OpenAI residual-block key: the tower from the optional ``visual.`` group."""
+    return lambda m: f"{'vision_model' if m.group(1) else 'text_model'}.encoder.layers.{m.group(2)}.{rest}"
+
+
+# OpenAI / open_clip key -> HF CLIPModel key (then `CLIP_RULES` takes it to ours); the packed attention
+# in_proj is split into q/k/v before these rules apply
+OPENAI_RULES: Rules = [
+    (r"^(input_resolution|context_length|vocab_size)$", None),  # scalars of the OpenAI archive
+    (r"(^|\.)attn_mask$", None),
+    *[(_OA_BLOCK + ours + r"$", _oa_block(theirs)) for ours, theirs in (
+        (r"attn\.out_proj\.weight", "self_attn.out_proj.weight"), (r"attn\.out_proj\.bias", "self_attn.out_proj.bias"),
+        (r"ln_1\.weight", "layer_norm1.weight"), (r"ln_1\.bias", "layer_norm1.bias"),
+        (r"ln_2\.weight", "layer_norm2.weight"), (r"ln_2\.bias", "layer_norm2.bias"),
+        (r"mlp\.c_fc\.weight", "mlp.fc1.weight"), (r"mlp\.c_fc\.bias", "mlp.fc1.bias"),
+        (r"mlp\.c_proj\.weight", "mlp.fc2.weight"), (r"mlp\.c_proj\.bias", "mlp.fc2.bias"))],
+    (_OA_BLOCK + r"attn\.(q|k|v)_proj\.(weight|bias)$", lambda m: (
+        f"{'vision_model' if m.group(1) else 'text_model'}.encoder.layers.{m.group(2)}."
+        f"self_attn.{m.group(3)}_proj.{m.group(4)}")),
+    (r"^token_embedding\.weight$", "text_model.embeddings.token_embedding.weight"),
+    (r"^positional_embedding$", "text_model.embeddings.position_embedding.weight"),
+    (r"^ln_final\.(weight|bias)$", r"text_model.final_layer_norm.\1"),
+    (r"^logit_scale$", "logit_scale"),
+    (r"^visual\.class_embedding$", "vision_model.embeddings.class_embedding"),
+    (r"^visual\.positional_embedding$", "vision_model.embeddings.position_embedding.weight"),
+    (r"^visual\.conv1\.weight$", "vision_model.embeddings.patch_embedding.weight"),
+    (r"^visual\.ln_pre\.(weight|bias)$", r"vision_model.pre_layrnorm.\1"),
+    (r"^visual\.ln_post\.(weight|bias)$", r"vision_model.post_layernorm.\1"),
+    (r"^text_projection$", "text_projection.weight", lambda v: v.t()),  # OpenAI stores x @ P, HF a Linear
+    (r"^visual\.proj$", "visual_projection.weight", lambda v: v.t()),
+]
 
 
 def _openai_to_hf(sd: dict) -> tuple:
-    hf, dropped, unmapped = {}, [], []
-    blk = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.*)$")
+    split = {}
     for k, v in sd.items():
-        if k in _OA_SCALARS or k == "attn_mask" or k.endswith(".attn_mask"):
-            dropped.append(k)
-            continue
-        m = blk.match(k)
-        if m:
-            tower = "vision_model" if m.group(1) else "text_model"
-            pre = f"{tower}.encoder.layers.{m.group(2)}."
-            rest = m.group(3)
-            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
-                kind = "weight" if rest.endswith("weight") else "bias"
-                for name, part in zip("qkv", v.chunk(3, 0)):
-                    hf[f"{pre}self_attn.{name}_proj.{kind}"] = part
-                continue
-            simple = {"attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
-                      "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
-                      "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
-                      "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
-                      "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias"}
-            if rest in simple:
-                hf[pre + simple[rest]] = v
-            else:
-                unmapped.append(k)
-            continue
-        top = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-               "positional_embedding": "text_model.embeddings.position_embedding.weight",
-               "ln_final.weight": "text_model.final_layer_norm.weight",
-               "ln_final.bias": "text_model.final_layer_norm.bias",
-               "logit_scale": "logit_scale",
-               "visual.class_embedding": "vision_model.embeddings.class_embedding",
-               "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-               "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-               "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
-               "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
-               "visual.ln_post.weight": "vision_model.post_layernorm.weight",
-               "visual.ln_post.bias": "vision_model.post_layernorm.bias"}
-        if k in top:
-            hf[top[k]] = v
-        elif k == "text_projection":
-            hf["text_projection.weight"] = v.t()
-        elif k == "visual.proj":
-            hf["visual_projection.weight"] = v.t()
+        m = re.match(_OA_BLOCK + r"attn\.in_proj_(weight|bias)$", k)
+        if m:  # packed [3D, ...] -> q, k, v
+            for name, part in zip("qkv", v.chunk(3, 0)):
+                split[k[: m.start(3) - len("in_proj_")] + f"{name}_proj.{m.group(3)}"] = part
         else:
-            unmapped.append(k)
-    if unmapped:
-        _fail("unmapped OpenAI/open_clip keys", unmapped)
-    return hf, dropped
+            split[k] = v
+    hf, report = convert_state_dict(split, OPENAI_RULES, keep_unmatched=False)
+    if report.unmatched:
+        _fail("unmapped OpenAI/open_clip keys", report.unmatched)
+    return dict(hf), report.dropped
 
 
 def _is_openai_layout(sd: dict) -> bool:
@@ -255,14 +240,15 @@ def _is_openai_layout(sd: dict) -> bool:
 _OWN_CLIP_PREFIXES = ("vision.", "text.", "text_projection", "visual_projection", "logit_scale")
 
 
-def convert_clip(obj, lora: str = "keep", lora_alpha: float = LORA_ALPHA, mixup: bool = False) -> tuple:
+def convert_clip(obj, lora: str = "keep", lora_alpha: float = LORA_ALPHA, mixup: bool = False, *,
+                 trust_pickle: bool = False) -> tuple:
     """A pretrained CLIP (HF, peft-wrapped HF / debiased CLIP, OpenAI, open_clip; state dict, checkpoint dict,
     nn.Module, or path) -> (our CLIP-tower state dict, info).  Bridge modules present in the input (an official
     ``clip_lora_stage_with_bridge.pth``) are converted too; ``mixup=True`` drops their bypassed
     ``cross_gate``/``cross_adaptive_weights`` (a mixup model has none).  Load with `load_clip_into`."""
     if isinstance(obj, (str, os.PathLike)):
-        obj = load_checkpoint_file(obj)
-    sd = unwrap_state_dict(obj)
+        obj = load_checkpoint_file(obj, trust_pickle=trust_pickle)
+    sd = unwrap(obj)
     if sd and all(k.startswith("clip.") for k in sd):
         sd = {k[len("clip."):]: v for k, v in sd.items()}
     depth = set()
@@ -304,9 +290,10 @@ _HEAD_RULES = [
     (r"seg_conv2\.weight", "seg_upsample.1.weight"),
     (r"seg_conv3\.weight", "seg_upsample.2.weight"),
 ]
-_HEAD_RULES = [(re.compile(p + "$"), r) for p, r in _HEAD_RULES]
-_HEAD_UNUSED = re.compile(r"(ml_text_feat_perceiver|condition_text_pos_embed|reg_pos_embed)\.(weight|bias)$")
-_COND = re.compile(r"condition_text_proj\.(weight|bias)$")
+# official head key -> ours; the modules the official forward never uses are dropped
+HEAD_RULES: Rules = [(r"^(ml_text_feat_perceiver|condition_text_pos_embed|reg_pos_embed)\.(weight|bias)$", None)] + \
+    [("^" + p + "$", r) for p, r in _HEAD_RULES]
+_COND = r"^condition_text_proj\.(weight|bias)$"  # kept by mixup models, dropped by the others
 
 
 def _official_mixup_flag(obj, mixup: Optional[bool]) -> Optional[bool]:
@@ -322,11 +309,8 @@ def _official_mixup_flag(obj, mixup: Optional[bool]) -> Optional[bool]:
 
 def check_state_dict(sd: dict, model) -> None:
     """Raise `ConversionError` listing every missing, unexpected or wrongly shaped key of ``sd`` for ``model``."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    bad = [f"{k}: {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in sd
-           if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    missing, unexpected, mismatched = _check_against_model(model, sd)
+    bad = [f"{k}: {a} vs model {b}" for k, a, b in mismatched]
     problems = [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected] + \
         [f"shape: {b}" for b in bad]
     if problems:
@@ -334,8 +318,10 @@ def check_state_dict(sd: dict, model) -> None:
 
 
 def convert_official(obj, lora: str = "keep", mixup: Optional[bool] = None,
-                     lora_alpha: float = LORA_ALPHA, verify: bool = True) -> tuple:
-    """Official HiVG checkpoint (dict with 'model', the state dict itself, or a path) -> (state_dict, info).
+                     lora_alpha: float = LORA_ALPHA, verify: bool = True, *, trust_pickle: bool = False) -> tuple:
+    """Official HiVG checkpoint (dict with 'model', the state dict itself, or a path read weights-only unless
+    ``trust_pickle``) -> (state_dict, info).  Keys are renamed by `CLIP_RULES` (after the peft / LoRA
+    unwrapping) and `HEAD_RULES`.
 
     ``mixup``: whether the checkpoint is a ``--mixup_pretrain`` model (its layout equals the 'unc' one, so it
     cannot be told from the keys); taken from ``checkpoint['args']`` when present, otherwise required.
@@ -348,9 +334,9 @@ def convert_official(obj, lora: str = "keep", mixup: Optional[bool] = None,
     ``verify``: build the inferred model on the meta device (no memory) and check that the result fills
     every parameter with the right shape (`check_state_dict`), so missing keys fail here, listed.
     """
-    raw = load_checkpoint_file(obj) if isinstance(obj, (str, os.PathLike)) else obj
+    raw = load_checkpoint_file(obj, trust_pickle=trust_pickle) if isinstance(obj, (str, os.PathLike)) else obj
     mixup = _official_mixup_flag(raw, mixup)
-    sd = unwrap_state_dict(raw)
+    sd = unwrap(raw)
     if mixup is None:
         raise ValueError("cannot tell a --mixup_pretrain checkpoint from a 'unc' one by its keys and the file has "
                          "no 'args': pass mixup=True/False")
@@ -371,25 +357,12 @@ def convert_official(obj, lora: str = "keep", mixup: Optional[bool] = None,
     depth = depths.pop()
     out, info = _convert_hf_space(clip, lora, drop_bridge_gate=mixup, lora_alpha=lora_alpha)
     dropped = [original[k] for k in info["dropped"]]  # original checkpoint key names
-    unmapped = []
-    for k, v in heads.items():
-        if _HEAD_UNUSED.match(k):
-            dropped.append(k)
-            continue
-        if _COND.match(k):
-            if mixup:
-                out[k] = v
-            else:
-                dropped.append(k)
-            continue
-        for pat, rep in _HEAD_RULES:
-            if pat.match(k):
-                out[pat.sub(rep, k)] = v
-                break
-        else:
-            unmapped.append(k)
-    if unmapped:
-        _fail("unmapped official HiVG keys", unmapped)
+    head_sd, report = convert_state_dict(heads, [(_COND, r"\g<0>" if mixup else None)] + list(HEAD_RULES),
+                                         keep_unmatched=False)
+    if report.unmatched:
+        _fail("unmapped official HiVG keys", report.unmatched)
+    out.update(head_sd)
+    dropped += report.dropped
     stage = max(depth - 1, 0)
     info.update(dropped=dropped, hi_lora_stage=stage, peft_depth=depth, compat_batch_mixing=True)
     rank = 0 if lora == "merge_drop" else (info["lora_rank"] or 0)
@@ -481,17 +454,18 @@ def load_clip_into(model, clip_sd: dict, reinit_ml_projection: bool = True) -> d
     return {"loaded": len(clip_sd)}
 
 
-def load_official_model(src, mixup: Optional[bool] = None, lora: str = "keep", **config_overrides):
+def load_official_model(src, mixup: Optional[bool] = None, lora: str = "keep", *, trust_pickle: bool = False,
+                        **config_overrides):
     """Official checkpoint (path or dict) -> (HiVG model in eval mode, info).  The model is built from the
     config inferred from the checkpoint shapes (batch mixing ON, as the released weights need) plus
     ``config_overrides`` (e.g. ``compat_batch_mixing=False``), and loaded strictly."""
     from .model import build_model
-    sd, info = convert_official(src, lora=lora, mixup=mixup)
+    sd, info = convert_official(src, lora=lora, mixup=mixup, trust_pickle=trust_pickle)
     cfg = dict(info["config"])
     cfg.update(config_overrides)
     with torch.device("meta"):
         model = build_model(cfg)
-    model.load_state_dict(sd, strict=True, assign=True)
+    load_strict(model, sd, assign=True, what=str(src) if isinstance(src, (str, os.PathLike)) else "")
     return model.eval(), info
 
 
@@ -504,9 +478,12 @@ def main(argv=None) -> int:
     ap.add_argument("--lora", choices=["keep", "merge", "merge_drop"], default="keep")
     ap.add_argument("--mixup", choices=["auto", "yes", "no"], default="auto",
                     help="official checkpoints only: is it a --mixup_pretrain model (auto: read checkpoint['args'])")
+    ap.add_argument("--trust_pickle", action="store_true",
+                    help="unpickle --src fully if a weights-only load refuses it (e.g. an OpenAI TorchScript CLIP "
+                         "archive; it can run code stored in the file): trusted files only")
     a = ap.parse_args(argv)
-    raw = load_checkpoint_file(a.src)
-    sd = unwrap_state_dict(raw)
+    raw = load_checkpoint_file(a.src, trust_pickle=a.trust_pickle)
+    sd = unwrap(raw)
     kind = a.kind
     if kind == "auto":
         kind = "official" if any(k.startswith("clip.") for k in sd) and any(

@@ -58,7 +58,7 @@ def build_for_eval(args):
     """Model from --eval_model (its stored config when present, else the flags), strictly loaded."""
     if not args.eval_model:
         raise SystemExit("hivg/eval.py: --eval_model is required")
-    obj = load_model_file(args.eval_model)
+    obj = load_model_file(args.eval_model, trust_pickle=args.trust_pickle)
     cfg = obj.get("config")
     if isinstance(cfg, dict) and "backbone" in cfg:
         cfg = dict(cfg, compat_batch_mixing=bool(args.bridge_batch_mixing))
@@ -68,8 +68,7 @@ def build_for_eval(args):
         model = build_model(model_config_from_args(args))
         sd = obj["model"]
         if any(k.startswith("clip.") for k in sd):
-            sd, _ = convert.convert_official(convert.load_checkpoint_file(args.eval_model),
-                                             mixup=args.mixup_pretrain)
+            sd, _ = convert.convert_official(obj["raw"], mixup=args.mixup_pretrain)
         load_state_dict_strict(model, sd, what=args.eval_model)
     model.compat_batch_mixing = bool(args.bridge_batch_mixing)
     if args.merge_lora:

@@ -34,7 +34,7 @@ import torch
 
 from simvg import convert
 from simvg.model import SimVG, postprocess_rec
-from vgcore.checkpoint import torch_load, unwrap_checkpoint
+from vgcore.checkpoint import ConversionError, group_keys, torch_load, unwrap
 from vgcore.data.build import load_split
 from vgcore.data.dataset import Collate, GroundingDataset
 from vgcore.data.sample import affine_invert_boxes
@@ -97,6 +97,9 @@ def add_arch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=6666)
     g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="official: fp32")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--trust_pickle", action="store_true",
+                   help="read checkpoints that a weights-only load refuses with full unpickling (it can run code "
+                        "stored in the file): only for files you trust")
 
 
 def compat_switches(args) -> dict:
@@ -196,14 +199,15 @@ def model_config_from_args(args, vocab_size: Optional[int] = None) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def read_weights(path: str, use_ema: bool = False):
+def read_weights(path: str, use_ema: bool = False, *, trust_pickle: bool = False):
     """(state dict in our layout, stored config or None, 'ours' | 'converted' | 'official') from any SimVG file
-    (read once): our `save_model` file or training checkpoint (``use_ema``: its ``ema`` shadow), a
-    `simvg.convert` payload, or an official det_best.pth (``use_ema``: its ``ema_state_dict``)."""
-    raw = torch_load(path, weights_only=False)
+    (read once, weights-only unless ``trust_pickle``): our `save_model` file or training checkpoint
+    (``use_ema``: its ``ema`` shadow), a `simvg.convert` payload, or an official det_best.pth (``use_ema``: its
+    ``ema_state_dict``; a ``module.`` prefix is stripped)."""
+    raw = torch_load(path, trust_pickle=trust_pickle)
+    cfg = None
     if isinstance(raw, dict) and ("state_dict" in raw or "ema_state_dict" in raw) and "model" not in raw:
         sd = convert.read_simvg_checkpoint(raw, use_ema=use_ema)
-        kind = "official"
     elif isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         cfg = raw.get("config")
         if cfg is None and isinstance(raw.get("extra"), dict):
@@ -211,31 +215,30 @@ def read_weights(path: str, use_ema: bool = False):
         sd = raw["model"]
         if use_ema and isinstance(raw.get("ema"), dict) and "shadow" in raw["ema"]:
             sd = raw["ema"]["shadow"]  # a training checkpoint of an --ema run
-        if not any(k.startswith(("vis_enc.", "module.vis_enc.")) for k in sd):
-            kind = "converted" if "compat" in raw else "ours"
-            if kind == "converted" and isinstance(cfg, dict):
-                cfg = dict(cfg, **raw["compat"])
-            return sd, cfg if isinstance(cfg, dict) else None, kind
-        kind = "official"
     else:
-        sd = unwrap_checkpoint(raw)
-        if not any(k.startswith(("vis_enc.", "module.vis_enc.")) for k in sd):
-            return sd, None, "ours"
-        kind = "official"
+        sd = unwrap(raw)
+    sd = unwrap(sd)
+    if not any(k.startswith("vis_enc.") for k in sd):
+        kind = "converted" if isinstance(raw, dict) and "compat" in raw else "ours"
+        if kind == "converted" and isinstance(cfg, dict):
+            cfg = dict(cfg, **raw["compat"])
+        return sd, cfg if isinstance(cfg, dict) else None, kind
     cfg = convert.config_from_state_dict(sd)
     sd, rep = convert.convert_simvg_state_dict(sd)
     if rep["unmapped"]:
-        raise KeyError(f"{path}: official SimVG checkpoint with unmapped keys {rep['unmapped'][:10]}")
+        raise ConversionError(f"{path}: official SimVG checkpoint with keys no rule maps:\n  "
+                              + "\n  ".join(group_keys(rep["unmapped"])))
     cfg.update(rep["compat"])
-    return sd, cfg, kind
+    return sd, cfg, "official"
 
 
-def load_weights_into(model: SimVG, path: str, logger=None, use_ema: bool = False) -> str:
+def load_weights_into(model: SimVG, path: str, logger=None, use_ema: bool = False, *,
+                      trust_pickle: bool = False) -> str:
     """Weights only (``--load_from`` / ``--finetune_from``): strict, the vision position table resized to the
     model's grid (512 -> 640 px).  An official / converted checkpoint turns the compat switches on."""
-    sd, cfg, kind = read_weights(path, use_ema=use_ema)
+    sd, cfg, kind = read_weights(path, use_ema=use_ema, trust_pickle=trust_pickle)
     sd = convert.adapt_img_size(sd, model.cfg)
-    convert.load_into(model, sd)
+    convert.load_into(model, sd, what=path)
     if kind in ("official", "converted") and cfg:
         model.set_compat(**{k: bool(cfg.get(k, False)) or getattr(model.cfg, k)
                             for k in ("text_maxpool_int64_mask", "text_pos_embed_1d_degenerate")})

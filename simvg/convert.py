@@ -1,7 +1,8 @@
 """Official SimVG / BEiT-3 checkpoints -> our `simvg.model.SimVG` state dict.
 
 Official SimVG checkpoint (``simvg/utils/checkpoint.py``): a dict with ``state_dict`` (and ``ema_state_dict``
-when EMA was on); keys may carry ``module.`` (DDP).  Rules (official -> ours):
+when EMA was on); keys may carry ``module.`` (DDP).  The rule table `RULES` (official -> ours, applied by
+`vgcore.checkpoint.convert_state_dict`):
 
 * ``vis_enc.beit3.X``                                   -> ``beit3.X`` (torchscale names kept)
 * ``head.transformer.decoder.``                         -> ``head.decoder.``
@@ -20,61 +21,64 @@ Official BEiT-3 pretrained checkpoint (unilm ``beit3_{base,large}_patch16_224.pt
 bicubic-resized to the model geometry (see `vgcore.models.beit3.adapt_beit3_pretrained`).  Only the backbone
 is filled; the head keeps its initialisation.
 
-CLI: ``python -m simvg.convert --src official.pth --dst ours.pth [--ema]`` writes
+Files are read weights-only (`vgcore.checkpoint.torch_load`); ``--trust_pickle`` opts in to full unpickling.
+
+CLI: ``python -m simvg.convert --src official.pth --dst ours.pth [--ema] [--trust_pickle]`` writes
 ``{"model": state_dict, "config": SimVGConfig dict, "compat": {...}, "report": {...}}``.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from vgcore.models.beit3 import adapt_beit3_pretrained, read_checkpoint
+from vgcore.checkpoint import Rules, convert_state_dict, load_strict, resample_pos_table, torch_load, unwrap
+from vgcore.models.beit3 import VISION_POS_KEY, VISION_POS_PREFIX_ROWS, adapt_beit3_pretrained
 
-__all__ = ["OFFICIAL_COMPAT", "map_key", "official_key", "to_official_state_dict", "convert_simvg_state_dict", "convert_beit3_pretrained",
-           "read_simvg_checkpoint", "config_from_official", "config_from_state_dict", "adapt_img_size", "load_into",
-           "main"]
+__all__ = ["OFFICIAL_COMPAT", "RULES", "map_key", "official_key", "to_official_state_dict", "convert_simvg_state_dict",
+           "convert_beit3_pretrained", "read_simvg_checkpoint", "config_from_official", "config_from_state_dict",
+           "adapt_img_size", "load_into", "main"]
 
 OFFICIAL_COMPAT = {"text_maxpool_int64_mask": True, "text_pos_embed_1d_degenerate": True}
 
 DROPPED = ("head.criterion.empty_weight", "head.criterion_harddistill.empty_weight")
 
-_PREFIX_RULES = [
+
+def _layer_rules(src: str, dst: str) -> list:
+    """detrex transformer layers (``layers.i.attentions / ffns / norms``, ``post_norm_layer``) -> ours."""
+    base = r"^head\." + src + r"\."
+    layer = base + r"layers\.(\d+)\."
+    return [
+        (layer + r"attentions\.0\.attn\.", rf"head.{dst}.layers.\1.self_attn."),
+        (layer + r"attentions\.1\.attn\.", rf"head.{dst}.layers.\1.cross_attn."),
+        (layer + r"ffns\.0\.layers\.0\.0\.", rf"head.{dst}.layers.\1.ffn.linear1."),
+        (layer + r"ffns\.0\.layers\.1\.", rf"head.{dst}.layers.\1.ffn.linear2."),
+        (layer + r"norms\.([0-2])\.", lambda m: f"head.{dst}.layers.{m.group(1)}.norm{int(m.group(2)) + 1}."),
+        (base + r"post_norm_layer\.", f"head.{dst}.post_norm."),
+    ]
+
+
+# official SimVG key -> ours (first matching rule; keys no rule matches are reported as unmapped)
+RULES: Rules = [
+    (r"^head\.criterion(_harddistill)?\.empty_weight$", None),  # loss-only buffers
     (r"^vis_enc\.beit3\.", "beit3."),
-    (r"^head\.transformer\.decoder\.", "head.decoder."),
-    (r"^head\.text_guided_query_generation_transformer\.", "head.tgqg."),
+    *_layer_rules(r"transformer\.decoder", "decoder"),
+    *_layer_rules(r"text_guided_query_generation_transformer", "tgqg"),
     (r"^head\.mlp\.", "head.token_mlp."),
+    (r"^head\.(input_proj|input_text_proj|input_cls_proj|query_embed|class_embed_decoder|bbox_embed_decoder|"
+     r"class_embed_token|bbox_embed_token)\.", r"\g<0>"),
 ]
-_LAYER_RULES = [
-    (r"\.attentions\.0\.attn\.", ".self_attn."),
-    (r"\.attentions\.1\.attn\.", ".cross_attn."),
-    (r"\.ffns\.0\.layers\.0\.0\.", ".ffn.linear1."),
-    (r"\.ffns\.0\.layers\.1\.", ".ffn.linear2."),
-    (r"\.norms\.([0-2])\.", lambda m: f".norm{int(m.group(1)) + 1}."),
-    (r"\.post_norm_layer\.", ".post_norm."),
-]
-_KEEP = re.compile(r"^head\.(input_proj|input_text_proj|input_cls_proj|query_embed|class_embed_decoder|"
-                   r"bbox_embed_decoder|class_embed_token|bbox_embed_token)\.")
 
 
 def map_key(key: str) -> Optional[str]:
-    """One official SimVG key -> ours, or None when no rule applies (``module.`` must already be stripped)."""
-    if _KEEP.match(key):
-        return key
-    for pat, rep in _PREFIX_RULES:
-        if re.match(pat, key):
-            new = re.sub(pat, rep, key)
-            if new.startswith(("head.decoder.", "head.tgqg.")):
-                for p, r in _LAYER_RULES:
-                    new = re.sub(p, r, new)
-                if re.search(r"\.(attentions|ffns|norms)\.", new):
-                    return None
-            return new
-    return None
+    """One official SimVG key -> ours, or None when no rule maps it (``module.`` must already be stripped)."""
+    out, rep = convert_state_dict({key: None}, RULES, keep_unmatched=False)
+    return next(iter(out), None)
 
 
 _INV_PREFIX = [("beit3.", "vis_enc.beit3."), ("head.decoder.", "head.transformer.decoder."),
@@ -108,42 +112,29 @@ def to_official_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
     return out
 
 
-def _strip_module(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-
-
 def convert_simvg_state_dict(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """Official SimVG state dict -> (ours, report).  report = {"unmapped": [...], "dropped": [...],
-    "compat": OFFICIAL_COMPAT}.  Works on meta tensors (renaming only)."""
-    out, unmapped, dropped = {}, [], []
-    for k, v in _strip_module(sd).items():
-        if k in DROPPED:
-            dropped.append(k)
-            continue
-        new = map_key(k)
-        if new is None:
-            unmapped.append(k)
-        else:
-            out[new] = v
-    return out, {"unmapped": unmapped, "dropped": dropped, "compat": dict(OFFICIAL_COMPAT)}
+    """Official SimVG state dict (``module.`` prefixes allowed) -> (ours, report) by `RULES`.  report =
+    {"unmapped": [...], "dropped": [...], "compat": OFFICIAL_COMPAT}.  Works on meta tensors (renaming only)."""
+    out, rep = convert_state_dict(unwrap(sd), RULES, keep_unmatched=False)
+    return dict(out), {"unmapped": rep.unmatched, "dropped": rep.dropped, "compat": dict(OFFICIAL_COMPAT)}
 
 
-def read_simvg_checkpoint(path_or_obj, use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """The model weights of an official SimVG checkpoint file/dict (``ema_state_dict`` if ``use_ema``)."""
-    obj = torch.load(path_or_obj, map_location="cpu", weights_only=False) if isinstance(path_or_obj, str) else path_or_obj
-    key = "ema_state_dict" if use_ema else "state_dict"
-    if isinstance(obj, dict) and key in obj:
-        return obj[key]
-    if use_ema:
-        raise KeyError(f"{path_or_obj!r}: no 'ema_state_dict' (the run had EMA off)")
-    return obj
+def read_simvg_checkpoint(path_or_obj, use_ema: bool = False, *, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    """The model weights of an official SimVG checkpoint file (read weights-only unless ``trust_pickle``) or
+    loaded dict: ``state_dict``, or ``ema_state_dict`` with ``use_ema`` (a KeyError if the run had EMA off)."""
+    is_path = isinstance(path_or_obj, (str, os.PathLike))
+    obj = torch_load(path_or_obj, trust_pickle=trust_pickle) if is_path else path_or_obj
+    return unwrap(obj, ema=use_ema, strip=(), what=str(path_or_obj) if is_path else "")
 
 
-def convert_beit3_pretrained(path_or_obj, model_cfg) -> Tuple[Dict[str, torch.Tensor], dict]:
+def convert_beit3_pretrained(path_or_obj, model_cfg, *, trust_pickle: bool = False
+                             ) -> Tuple[Dict[str, torch.Tensor], dict]:
     """Official BEiT-3 pretrained checkpoint -> our ``beit3.*`` keys resized to ``model_cfg`` (a SimVGConfig
     or a BEiT3Config).  Returns (state dict, {"ignored": non-``beit3.`` keys})."""
     bcfg = model_cfg.beit3() if hasattr(model_cfg, "beit3") else model_cfg
-    sd, ignored = adapt_beit3_pretrained(read_checkpoint(path_or_obj), bcfg)
+    raw = torch_load(path_or_obj, trust_pickle=trust_pickle) if isinstance(path_or_obj, (str, os.PathLike)) \
+        else path_or_obj
+    sd, ignored = adapt_beit3_pretrained(unwrap(raw), bcfg)
     return {"beit3." + k: v for k, v in sd.items()}, {"ignored": ignored}
 
 
@@ -173,7 +164,7 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
 
     Head counts cannot be read from shapes: the official values are assumed (BEiT-3 base 12 / large 16 heads,
     head 8 heads); pass ``overrides`` (e.g. ``num_heads``, ``backbone_overrides``) for other models."""
-    sd = _strip_module(sd)
+    sd = unwrap(sd)
     D = sd["vis_enc.beit3.text_embed.weight"].shape[1]
     vocab = sd["vis_enc.beit3.text_embed.weight"].shape[0]
     patch = sd["vis_enc.beit3.vision_embed.proj.weight"].shape[-1]
@@ -213,26 +204,17 @@ def adapt_img_size(sd_ours: Dict[str, torch.Tensor], model_cfg) -> Dict[str, tor
     """Resize the vision position table of one of our state dicts to ``model_cfg``'s grid (bicubic, the first 3
     rows kept), e.g. to fine-tune at 640 px from a checkpoint trained at 512 px (official ``pretrain-cocoall``).
     Other keys are returned unchanged."""
-    from vgcore.models.beit3 import resize_vision_positions
     bcfg = model_cfg.beit3() if hasattr(model_cfg, "beit3") else model_cfg
-    key = "beit3.encoder.embed_positions.A.weight"
+    key = "beit3." + VISION_POS_KEY
     out = dict(sd_ours)
     if key in out:
-        out[key] = resize_vision_positions(out[key], bcfg.grid)
+        out[key] = resample_pos_table(out[key], tuple(bcfg.grid), VISION_POS_PREFIX_ROWS)
     return out
 
 
-def load_into(model, sd_ours: Dict[str, torch.Tensor], assign: bool = False) -> None:
-    """Strict load with a readable error naming missing / unexpected / mis-shaped keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd_ours))
-    unexpected = sorted(set(sd_ours) - set(own))
-    bad = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd_ours.items()
-           if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
-        raise RuntimeError(f"SimVG strict load failed:\n  missing ({len(missing)}): {missing[:20]}\n"
-                           f"  unexpected ({len(unexpected)}): {unexpected[:20]}\n  shape mismatch: {bad[:20]}")
-    model.load_state_dict(sd_ours, strict=True, assign=assign)
+def load_into(model, sd_ours: Dict[str, torch.Tensor], assign: bool = False, what: str = "SimVG") -> None:
+    """Strict load; one readable error naming missing / unexpected / mis-shaped keys."""
+    load_strict(model, sd_ours, what=what, assign=assign)
 
 
 def _is_beit3_pretrained(sd: Dict[str, torch.Tensor]) -> bool:
@@ -248,6 +230,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--patch-size", type=int, default=32, help="BEiT-3 pretrained only: target patch size")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="SimVG checkpoints: override an inferred config key (value parsed as JSON), repeatable")
+    p.add_argument("--trust_pickle", action="store_true",
+                   help="unpickle --src fully if a weights-only load refuses it (it could run code): trusted files only")
     a = p.parse_args(argv)
     import json
     overrides = {}
@@ -257,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
-    raw = torch.load(a.src, map_location="cpu", weights_only=False)
+    raw = torch_load(a.src, trust_pickle=a.trust_pickle)
     if isinstance(raw, dict) and "model" in raw and _is_beit3_pretrained(raw["model"]):
         from simvg.model import config_from_args
         D = raw["model"]["beit3.text_embed.weight"].shape[1]

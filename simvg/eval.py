@@ -61,7 +61,7 @@ def build_for_eval(args, logger=None) -> SimVG:
     switches = stored config OR flags."""
     if not args.load_from:
         raise SystemExit("simvg/eval.py: --load_from is required")
-    sd, cfg, kind = read_weights(args.load_from, use_ema=args.use_ema)
+    sd, cfg, kind = read_weights(args.load_from, use_ema=args.use_ema, trust_pickle=args.trust_pickle)
     if not cfg:
         cfg = model_config_from_args(args)
     cfg = {k: v for k, v in cfg.items() if k not in ("preset", "model_preset")} if "backbone" in cfg else cfg

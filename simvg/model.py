@@ -148,9 +148,10 @@ class SimVG(nn.Module):
             setattr(self.head, k, bool(v))
             setattr(self.cfg, k, bool(v))
 
-    def load_pretrained_backbone(self, path_or_state) -> dict:
-        """Initialise BEiT-3 from an official pretrained checkpoint (position table + patch kernel resized)."""
-        return load_beit3_pretrained(self.beit3, path_or_state)
+    def load_pretrained_backbone(self, path_or_state, trust_pickle: bool = False) -> dict:
+        """Initialise BEiT-3 from an official pretrained checkpoint (position table + patch kernel resized);
+        a path is read weights-only unless ``trust_pickle``."""
+        return load_beit3_pretrained(self.beit3, path_or_state, trust_pickle=trust_pickle)
 
     def forward_tensors(self, images: torch.Tensor, text_ids: torch.Tensor, text_padding_mask: torch.Tensor,
                         image_padding_mask: Optional[torch.Tensor] = None, branch: Optional[str] = None,

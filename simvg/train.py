@@ -131,16 +131,16 @@ def main(args: argparse.Namespace) -> dict:
     if args.resume:
         pass  # everything comes from the checkpoint (fit)
     elif args.finetune_from or args.load_from:
-        load_weights_into(model, args.finetune_from or args.load_from, logger)
+        load_weights_into(model, args.finetune_from or args.load_from, logger, trust_pickle=args.trust_pickle)
     elif args.backbone == "tiny" and args.beit3_ckpt:  # simvg/pretrain_tiny.py output (official layout)
         if not os.path.isfile(args.beit3_ckpt):
             raise FileNotFoundError(f"--beit3_ckpt {args.beit3_ckpt} does not exist")
-        rep = model.load_pretrained_backbone(args.beit3_ckpt)
+        rep = model.load_pretrained_backbone(args.beit3_ckpt, trust_pickle=args.trust_pickle)
         logger.info(f"tiny BEiT-3 weights from {args.beit3_ckpt} (strict): {rep}")
     elif args.backbone != "tiny":
         ckpt = args.beit3_ckpt or f"./checkpoints/beit3/{args.backbone}_patch16_224.pth"
         if os.path.isfile(ckpt):
-            rep = model.load_pretrained_backbone(ckpt)
+            rep = model.load_pretrained_backbone(ckpt, trust_pickle=args.trust_pickle)
             logger.info(f"BEiT-3 weights from {ckpt}: {rep if isinstance(rep, dict) else ''}")
         elif args.beit3_ckpt:
             raise FileNotFoundError(f"--beit3_ckpt {ckpt} does not exist")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vgcore.models.beit3 import (BEiT3, beit3_config, load_beit3_pretrained,
-                                 resize_patch_kernel, resize_vision_positions)
+from vgcore.checkpoint import resample_patch_kernel, resample_pos_table
+from vgcore.models.beit3 import BEiT3, beit3_config, load_beit3_pretrained
 
 
 def _tiny(**kw):
@@ -147,7 +147,7 @@ def test_pretrained_loader_resizes_and_is_strict():
     assert 3.0 < float(k_dst.sum((1, 2, 3)).abs().mean() / k_src.sum((1, 2, 3)).abs().mean()) < 5.0
     torch.testing.assert_close(dst.text_embed.weight, src.text_embed.weight)
     # same-geometry tables are passed through untouched
-    assert resize_vision_positions(A_src, (4, 4)) is A_src and resize_patch_kernel(k_src, 16) is k_src
+    assert resample_pos_table(A_src, (4, 4), 3) is A_src and resample_patch_kernel(k_src, 16) is k_src
     # a missing key is an error naming it
     del ckpt["model"]["beit3.encoder.layer_norm.B.bias"]
     with pytest.raises(RuntimeError, match="encoder.layer_norm.B.bias"):

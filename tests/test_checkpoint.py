@@ -53,18 +53,34 @@ def test_strict_loader_lists_missing_unexpected_and_shapes():
     sd["extra.weight"] = torch.zeros(1)
     sd["bn.weight"] = torch.zeros(5)
     with pytest.raises(ck.StateDictMismatchError) as ei:
-        ck.load_state_dict_strict(net, sd, what="unit")
-    msg = str(ei.value)
-    assert "missing keys (1): a.bias" in msg
-    assert "unexpected keys (1): extra.weight" in msg
-    assert "bn.weight: checkpoint (5,) vs model (3,)" in msg
+        ck.load_strict(net, sd, what="unit")
+    assert str(ei.value) == (
+        "state dict does not match the model (unit):\n"
+        "  missing from the checkpoint (1):\n    a.bias\n"
+        "  unexpected, not in the model (1):\n    extra.weight\n"
+        "  shape mismatches (1):\n    bn.weight: checkpoint (5,) vs model (3,)")
     assert ei.value.missing == ["a.bias"] and ei.value.unexpected == ["extra.weight"]
     # allowed omissions load the rest and are reported back
     sd["bn.weight"] = torch.full((3,), 7.0)
-    missing, unexpected = ck.load_state_dict_strict(net, sd, allow_missing=[r"^a\.bias$"],
-                                                    allow_unexpected=[r"^extra\."])
+    missing, unexpected = ck.load_strict(net, sd, allow_missing=[r"^a\.bias$"], allow_unexpected=[r"^extra\."])
     assert missing == ["a.bias"] and unexpected == ["extra.weight"]
     assert torch.equal(net.bn.weight.data, torch.full((3,), 7.0))
+    assert ck.load_state_dict_strict is ck.load_strict
+
+
+def test_strict_report_groups_keys_by_pattern():
+    net = nn.Sequential(*[nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 3)) for _ in range(12)])
+    sd = {k: v for k, v in net.state_dict().items() if not k.endswith(".1.bias")}
+    sd["7.0.weight"] = torch.zeros(4, 2)
+    sd["9.0.weight"] = torch.zeros(4, 2)
+    with pytest.raises(ck.StateDictMismatchError) as ei:
+        ck.load_strict(net, sd, what="grouped.pth")
+    assert str(ei.value) == (
+        "state dict does not match the model (grouped.pth):\n"
+        "  missing from the checkpoint (12):\n    *.*.bias  [0-11] [1]\n"
+        "  shape mismatches (2):\n    *.*.weight  [7,9] [0]: checkpoint (4, 2) vs model (2, 2)")
+    assert ck.group_keys(["blocks.0.q", "blocks.1.q", "blocks.2.q", "blocks.5.q", "head.w"]) == \
+        ["blocks.*.q  [0-2,5]", "head.w"]
 
 
 def test_strip_prefix_and_collisions():
@@ -77,28 +93,51 @@ def test_strip_prefix_and_collisions():
         ck.strip_prefix({"module.a": 1, "a": 2}, "module.")
 
 
-def test_rename_keys_rules_and_report():
-    sd = {"backbone.blocks.0.attn.qkv.weight": 1, "backbone.blocks.0.norm1.weight": 2, "head_drop.x": 3,
-          "bbox_embed.layers.0.weight": 4}
-    rules = [(r"^backbone\.", "visu."), (r"\.attn\.qkv\.", ".attn.in_proj."), (r"^head_drop\.", None)]
-    out, unmatched = ck.rename_keys(sd, rules)
-    assert out == {"visu.blocks.0.attn.in_proj.weight": 1, "visu.blocks.0.norm1.weight": 2,
-                   "bbox_embed.layers.0.weight": 4}
-    assert unmatched == ["bbox_embed.layers.0.weight"]
-    out2, _ = ck.rename_keys(sd, rules, keep_unmatched=False)
-    assert "bbox_embed.layers.0.weight" not in out2 and len(out2) == 2
+def test_convert_state_dict_rules_and_report():
+    sd = {"module.backbone.blocks.0.attn.qkv.weight": 1, "backbone.blocks.0.norm1.weight": 2, "head_drop.x": 3,
+          "bbox_embed.layers.0.weight": 4, "text_projection": torch.arange(6.0).reshape(2, 3)}
+    rules = [
+        (r"^(module\.)?backbone\.blocks\.(\d+)\.attn\.qkv\.", r"visu.blocks.\2.attn.in_proj."),
+        (r"^backbone\.", "visu."),                                   # first matching rule wins
+        (r"^head_drop\.", None),                                     # dropped
+        (r"^text_projection$", "text_proj.weight", lambda v: v.t()),  # renamed and transformed
+        (r"\.attn\.", ".never."),                                    # shadowed by the first rule
+    ]
+    out, rep = ck.convert_state_dict(sd, rules, expected_keys=["visu.blocks.0.attn.in_proj.weight",
+                                                              "visu.blocks.0.norm1.weight", "text_proj.weight",
+                                                              "visu.pos_embed"])
+    assert list(out) == ["visu.blocks.0.attn.in_proj.weight", "visu.blocks.0.norm1.weight",
+                         "bbox_embed.layers.0.weight", "text_proj.weight"]
+    assert torch.equal(out["text_proj.weight"], torch.arange(6.0).reshape(2, 3).t())
+    assert rep.renamed == {"module.backbone.blocks.0.attn.qkv.weight": "visu.blocks.0.attn.in_proj.weight",
+                           "backbone.blocks.0.norm1.weight": "visu.blocks.0.norm1.weight",
+                           "text_projection": "text_proj.weight"}
+    assert rep.dropped == ["head_drop.x"]
+    assert rep.unmatched == ["bbox_embed.layers.0.weight"]        # kept unchanged, reported
+    assert rep.missing == ["visu.pos_embed"] and rep.unexpected == ["bbox_embed.layers.0.weight"]
+    assert not rep.ok
+    with pytest.raises(ck.ConversionError) as ei:
+        rep.check(what="official.pth")
+    assert str(ei.value) == (
+        "checkpoint conversion incomplete (official.pth):\n"
+        "  unmatched (1; no rule for these checkpoint keys):\n    bbox_embed.layers.*.weight  [0]\n"
+        "  missing (1; expected, not produced):\n    visu.pos_embed\n"
+        "  unexpected (1; produced, not expected):\n    bbox_embed.layers.*.weight  [0]")
+    out2, rep2 = ck.convert_state_dict(sd, rules, keep_unmatched=False)
+    assert "bbox_embed.layers.0.weight" not in out2 and len(out2) == 3 and rep2.unmatched == rep.unmatched
+    assert rep2.check(allow_unmatched=True) is rep2
     with pytest.raises(KeyError, match="both map"):
-        ck.rename_keys({"a.x": 1, "b.x": 2}, [(r"^[ab]\.", "c.")])
+        ck.convert_state_dict({"a.x": 1, "b.x": 2}, [(r"^[ab]\.", "c.")])
 
 
-def test_resize_pos_embed_numbers():
+def test_resample_pos_table_numbers():
     # 1-D: a ramp f(i) = i with one extra (cls) token.  Output i samples src (i + 0.5) / 2 - 0.5, so i=3 -> 1.25
     # with taps 0..3 at distances 1.25, 0.25, 0.75, 1.75.  Keys' cubic kernel with a = -0.75 (PyTorch's) gives
     # weights -0.10546875, 0.87890625, 0.26171875, -0.03515625 -> 0.87890625 + 2*0.26171875 - 3*0.03515625
     # = 1.296875; i=4 (src 1.75) by symmetry 3 - 1.296875 = 1.703125.
     ramp = torch.arange(4.0)[:, None].repeat(1, 2)
     table = torch.cat([torch.full((1, 2), -5.0), ramp])
-    out = ck.resize_pos_embed(table, 8, num_extra_tokens=1)
+    out = ck.resample_pos_table(table, 8, num_prefix_tokens=1)
     assert out.shape == (9, 2)
     assert torch.equal(out[0], torch.full((2,), -5.0))
     assert torch.allclose(out[1 + 3], torch.full((2,), 1.296875), atol=1e-6)
@@ -107,19 +146,19 @@ def test_resize_pos_embed_numbers():
     y, x = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
     grid = (x + 10 * y).reshape(1, 16, 1)
     pos = torch.cat([torch.zeros(1, 1, 1), grid], 1)
-    out2 = ck.resize_pos_embed(pos, (8, 8), num_extra_tokens=1)
+    out2 = ck.resample_pos_table(pos, (8, 8), num_prefix_tokens=1)
     assert out2.shape == (1, 65, 1)
     g = out2[0, 1:, 0].reshape(8, 8)
     assert g[3, 4].item() == pytest.approx(1.703125 + 12.96875, abs=1e-5)  # separable: x(4) + 10 y(3)
     assert g[4, 3].item() == pytest.approx(1.296875 + 17.03125, abs=1e-5)
     # constant fields stay constant; same size is the identity; non-square grid needs old_grid
     const = torch.full((1, 1 + 6, 3), 0.5)
-    r = ck.resize_pos_embed(const, (4, 5), num_extra_tokens=1, old_grid=(2, 3))
+    r = ck.resample_pos_table(const, (4, 5), num_prefix_tokens=1, old_grid=(2, 3))
     assert r.shape == (1, 21, 3) and torch.allclose(r, torch.full_like(r, 0.5), atol=1e-6)
-    assert torch.equal(ck.resize_pos_embed(pos, (4, 4), num_extra_tokens=1), pos)
+    assert torch.equal(ck.resample_pos_table(pos, (4, 4), num_prefix_tokens=1), pos)
     with pytest.raises(ValueError, match="square"):
-        ck.resize_pos_embed(torch.zeros(6, 2), (4, 4))
-    half = ck.resize_pos_embed(table.half(), 8, num_extra_tokens=1)
+        ck.resample_pos_table(torch.zeros(6, 2), (4, 4))
+    half = ck.resample_pos_table(table.half(), 8, num_prefix_tokens=1)
     assert half.dtype == torch.float16
 
 
@@ -131,6 +170,35 @@ def test_unwrap_checkpoint():
     assert ck.unwrap_checkpoint(flat) is flat
     with pytest.raises(TypeError):
         ck.unwrap_checkpoint([1, 2])
+
+
+def test_unwrap_nesting_module_prefix_and_ema():
+    w, e = torch.zeros(1), torch.ones(1)
+    # DDP prefixes (stacked) are removed when every key carries one; a partial prefix is left alone
+    assert ck.unwrap({"model": {"module.module.a": w, "module.b": w}}) == {"a": w, "b": w}
+    assert list(ck.unwrap({"state_dict": {"module.a": w, "b": w}})) == ["module.a", "b"]
+    assert list(ck.unwrap(nn.Linear(2, 1))) == ["weight", "bias"]
+    # EMA weights: mmdet-style (SimVG), timm, ours ({"shadow": ...})
+    assert ck.unwrap({"state_dict": {"a": w}, "ema_state_dict": {"module.a": e}}, ema=True)["a"] is e
+    assert ck.unwrap({"state_dict": {"a": w}, "state_dict_ema": {"a": e}}, ema=True)["a"] is e
+    assert ck.unwrap({"model": {"a": w}, "ema": {"shadow": {"a": e}, "decay": 0.999}}, ema=True)["a"] is e
+    assert ck.unwrap({"model": {"a": w}, "ema": {"shadow": {"a": e}}})["a"] is w
+    with pytest.raises(KeyError, match="run.pth: no EMA weights"):
+        ck.unwrap({"state_dict": {"a": w}}, ema=True, what="run.pth")
+
+
+def test_resample_patch_kernel_numbers():
+    # a 2x2 kernel [[0, 1], [0, 1]] -> 4x4, bicubic (a = -0.75), align_corners=False, no magnitude rescale.
+    # Output column j samples x = (j + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25; taps floor(x)-1 .. floor(x)+2,
+    # clamped to the border.  t = 0.25 weights the taps -0.10546875, 0.87890625, 0.26171875, -0.03515625
+    # (t = 0.75: the reverse).  j=0 (taps -2..1 -> values 0,0,0,1): -0.10546875; j=1 (taps -1..2 -> 0,0,1,1):
+    # 0.26171875 - 0.03515625 = 0.2265625; j=2: 0.87890625 - 0.10546875 = 0.7734375; j=3 (taps 0..3 ->
+    # 0,1,1,1): 0.87890625 + 0.26171875 - 0.03515625 = 1.10546875.  Rows are constant (separable).
+    k = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).reshape(1, 1, 2, 2)
+    out = ck.resample_patch_kernel(k, 4)
+    want = torch.tensor([-0.10546875, 0.2265625, 0.7734375, 1.10546875])
+    torch.testing.assert_close(out[0, 0], want.expand(4, 4), rtol=0, atol=1e-7)
+    assert ck.resample_patch_kernel(k, 2) is k and ck.resample_patch_kernel(k, (3, 5)).shape == (1, 1, 3, 5)
 
 
 def test_torch_load_allows_namespace(tmp_path):

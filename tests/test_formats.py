@@ -4,6 +4,8 @@ import os
 import pickle
 import warnings
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -210,13 +212,16 @@ def test_transvg_file_errors(tmp_path):
         transvg.read_split(tmp_path / "unc_val.pth", "refcoco")
     with pytest.raises(DataError, match="unknown box_convention 'cxcywh'"):
         transvg.read_split(tmp_path / "unc_val.pth", "unc", box_convention="cxcywh")
-    # numpy inside -> weights_only=True fails -> fallback with a warning
+    # numpy arrays inside are plain data: read by the weights-only loader, no opt-in needed
     torch.save([("a_1.jpg", "", np.array([1.0, 2.0, 3.0, 4.0]), "np box", [])], tmp_path / "x_val.pth")
-    with pytest.warns(DataWarning, match="weights_only=False"):
-        got = transvg.read_split(tmp_path / "x_val.pth", "x", box_convention="xywh")
+    got = transvg.read_split(tmp_path / "x_val.pth", "x", box_convention="xywh")
     np.testing.assert_allclose(got[0].boxes, [[1, 2, 4, 6]])
-    with pytest.raises(DataError, match="weights_only=True"):
-        transvg.read_split(tmp_path / "x_val.pth", "x", box_convention="xywh", allow_pickle=False)
+    # a pickled object is refused (no fallback to full unpickling) unless trust_pickle is given
+    torch.save([("a_1.jpg", "", [1.0, 2.0, 3.0, 4.0], "obj", [Fraction(1, 2)])], tmp_path / "y_val.pth")
+    with pytest.raises(DataError, match=r"y_val\.pth: refused: it pickles fractions\.Fraction.*--trust_pickle"):
+        transvg.read_split(tmp_path / "y_val.pth", "y", box_convention="xywh")
+    got = transvg.read_split(tmp_path / "y_val.pth", "y", box_convention="xywh", trust_pickle=True)
+    assert got[0].extra["x5"] == [Fraction(1, 2)]
 
 
 def test_check_images(tmp_path):

@@ -27,41 +27,10 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from . import dist
-from .checkpoint import atomic_save, load_checkpoint, save_checkpoint, torch_load, unwrap_checkpoint
+from .checkpoint import MODEL_FORMAT, load_checkpoint, load_model_file, save_checkpoint, save_model  # noqa: F401
 from .engine import Logger, evaluate, train_one_epoch
 
 __all__ = ["fit", "save_model", "load_model_file", "MODEL_FORMAT"]
-
-MODEL_FORMAT = "vgcore-model-1"
-
-
-def save_model(path, model: torch.nn.Module, config: Any = None, metrics: Optional[dict] = None,
-               extra: Optional[dict] = None, ema=None) -> Optional[Path]:
-    """Model-only file: {"format", "model", "config", "metrics", "extra"[, "ema"]}; rank 0 writes (not
-    collective).  ``model`` holds the raw weights (what a next stage loads, as in the official codes);
-    with ``ema`` the averaged weights are kept beside them under ``ema`` (``{"shadow": state dict, ...}``),
-    which evaluation selects with ``--use_ema``."""
-    if not dist.is_main_process():
-        return None
-    obj = {"format": MODEL_FORMAT, "model": dist.unwrap_model(model).state_dict(), "config": config,
-           "metrics": dict(metrics or {}), "extra": dict(extra or {})}
-    if ema is not None:
-        obj["ema"] = ema.state_dict()
-    return atomic_save(obj, path)
-
-
-def load_model_file(path) -> dict:
-    """Read a `save_model` file, or a training checkpoint (its ``model`` part); returns the dict with
-    at least ``model`` (a state dict) and ``config`` (None when the file has none)."""
-    obj = torch_load(path, weights_only=False)
-    if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
-        return obj
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        cfg = obj.get("config")
-        if cfg is None and isinstance(obj.get("extra"), dict):
-            cfg = obj["extra"].get("config")
-        return {"model": obj["model"], "config": cfg, "metrics": obj.get("metrics", {}), "extra": obj.get("extra", {})}
-    return {"model": unwrap_checkpoint(obj), "config": None, "metrics": {}, "extra": {}}
 
 
 def _better(new: float, best: Optional[float], mode: str) -> bool:

@@ -24,7 +24,8 @@ official state dict loads after stripping the prefix.  Masks: ``text_padding_mas
 from __future__ import annotations
 
 import copy
-import math
+import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -32,8 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import (convert_state_dict, load_strict, resample_patch_kernel, resample_pos_table, torch_load,
+                          unwrap)
+
 __all__ = ["BEiT3Config", "BEIT3_PRESETS", "beit3_config", "BEiT3", "Multiway", "drop_path",
-           "read_checkpoint", "adapt_beit3_pretrained", "resize_vision_positions", "resize_patch_kernel"]
+           "adapt_beit3_pretrained", "load_beit3_pretrained", "VISION_POS_KEY", "PATCH_KERNEL_KEY",
+           "VISION_POS_PREFIX_ROWS"]
 
 BEIT3_PRESETS = {
     "base": dict(embed_dim=768, num_heads=12, ffn_dim=3072, num_layers=12),
@@ -299,81 +304,39 @@ class BEiT3(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Official pretrained checkpoints (unilm beit3_{base,large}[_indomain]_patch16_224.pth, sometimes named .zip)
+# Official pretrained checkpoints (unilm beit3_{base,large}[_indomain]_patch16_224.pth, sometimes named .zip):
+# ``{"model": {"beit3.<our name>": ...}}``; a rule table over `vgcore.checkpoint`.
 # ----------------------------------------------------------------------------------------------------------
 
-def read_checkpoint(path_or_obj, keys=("model", "module")) -> Dict[str, torch.Tensor]:
-    """torch.load a checkpoint (a .pth or its '.zip' rename) and pick its state dict by the first present key."""
-    obj = torch.load(path_or_obj, map_location="cpu", weights_only=False) if isinstance(path_or_obj, str) else path_or_obj
-    if not isinstance(obj, dict):
-        raise TypeError(f"checkpoint {path_or_obj!r}: expected a dict, got {type(obj).__name__}")
-    for k in keys:
-        if k in obj and isinstance(obj[k], dict):
-            return obj[k]
-    return obj
-
-
-def resize_vision_positions(table: torch.Tensor, grid: Tuple[int, int], num_extra: int = 3) -> torch.Tensor:
-    """Vision position table [num_extra + g*g, D] -> [num_extra + gh*gw, D]: the first ``num_extra`` rows
-    (2 fairseq offset rows + CLS) are kept, the square g x g grid is resized bicubic (align_corners=False)."""
-    n, D = table.shape
-    g = int(round(math.sqrt(n - num_extra)))
-    if g * g != n - num_extra:
-        raise ValueError(f"vision position table with {n} rows is not {num_extra} + a square grid")
-    if (g, g) == tuple(grid):
-        return table
-    extra, pos = table[:num_extra], table[num_extra:]
-    pos = pos.reshape(1, g, g, D).permute(0, 3, 1, 2).float()
-    pos = F.interpolate(pos, size=tuple(grid), mode="bicubic", align_corners=False)
-    pos = pos.permute(0, 2, 3, 1).flatten(1, 2)[0].to(table.dtype)
-    return torch.cat([extra, pos], 0)
-
-
-def resize_patch_kernel(weight: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Patch-embedding kernel [D, C, p, p] -> [D, C, patch_size, patch_size], bicubic, **no magnitude rescale**
-    (SimVG/ALVG behaviour: a 16 -> 32 resize makes each patch sum ~4x more input at initialisation)."""
-    if tuple(weight.shape[-2:]) == (patch_size, patch_size):
-        return weight
-    return F.interpolate(weight.float(), size=(patch_size, patch_size), mode="bicubic",
-                         align_corners=False).to(weight.dtype)
+VISION_POS_KEY = "encoder.embed_positions.A.weight"
+PATCH_KERNEL_KEY = "vision_embed.proj.weight"
+VISION_POS_PREFIX_ROWS = 3  # 2 fairseq offset rows + CLS
 
 
 def adapt_beit3_pretrained(state: Dict[str, torch.Tensor], cfg: BEiT3Config, prefix: str = "beit3.",
                            resize_patch: bool = True) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Official BEiT-3 pretrained state dict (keys ``beit3.*``) -> our `BEiT3` keys (prefix stripped) with the
-    vision position table and (if ``resize_patch``) the patch kernel resized to ``cfg``.
+    vision position table (bicubic, the 3 leading rows kept) and, if ``resize_patch``, the patch kernel
+    (bicubic, no magnitude rescale) resampled to ``cfg``.
 
-    Returns (state dict, ignored keys).  Keys outside ``prefix`` (pretraining heads etc.) are ignored and listed.
-    """
-    out, ignored = {}, []
-    for k, v in state.items():
-        if not k.startswith(prefix):
-            ignored.append(k)
-            continue
-        out[k[len(prefix):]] = v
-    key_pos, key_proj = "encoder.embed_positions.A.weight", "vision_embed.proj.weight"
-    if key_pos in out:
-        out[key_pos] = resize_vision_positions(out[key_pos], cfg.grid)
-    if key_proj in out and resize_patch:
-        out[key_proj] = resize_patch_kernel(out[key_proj], cfg.patch_size)
-    return out, ignored
+    Returns (state dict, ignored keys): keys outside ``prefix`` (pretraining heads etc.) are ignored, listed."""
+    sd, report = convert_state_dict(state, [("^" + re.escape(prefix), "")], keep_unmatched=False)
+    if VISION_POS_KEY in sd:
+        sd[VISION_POS_KEY] = resample_pos_table(sd[VISION_POS_KEY], tuple(cfg.grid), VISION_POS_PREFIX_ROWS)
+    if PATCH_KERNEL_KEY in sd and resize_patch:
+        sd[PATCH_KERNEL_KEY] = resample_patch_kernel(sd[PATCH_KERNEL_KEY], cfg.patch_size)
+    return dict(sd), report.unmatched
 
 
-def load_beit3_pretrained(model: BEiT3, path_or_state, resize_patch: bool = True) -> Dict[str, List[str]]:
-    """Load an official BEiT-3 checkpoint into ``model`` strictly (every parameter must be filled).
+def load_beit3_pretrained(model: BEiT3, path_or_state, resize_patch: bool = True, *,
+                          trust_pickle: bool = False) -> Dict[str, List[str]]:
+    """Load an official BEiT-3 checkpoint (a path, read weights-only unless ``trust_pickle``, or the loaded
+    object) into ``model`` strictly: every parameter must be filled.
 
-    Returns a report ``{"ignored": [...]}`` of checkpoint keys outside ``beit3.*``; raises listing any
-    missing / unexpected / mis-shaped key.
-    """
-    state = read_checkpoint(path_or_state)
-    sd, ignored = adapt_beit3_pretrained(state, model.cfg, resize_patch=resize_patch)
-    own = model.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if bad or missing or unexpected:
-        raise RuntimeError("BEiT-3 pretrained load failed:\n  shape mismatch: " + "; ".join(bad)
-                           + f"\n  missing: {missing}\n  unexpected: {unexpected}")
-    model.load_state_dict(sd, strict=True)
+    Returns ``{"ignored": [...]}``, the checkpoint keys outside ``beit3.*``; raises one
+    `vgcore.checkpoint.StateDictMismatchError` listing any missing / unexpected / mis-shaped key."""
+    is_path = isinstance(path_or_state, (str, os.PathLike))
+    raw = torch_load(path_or_state, trust_pickle=trust_pickle) if is_path else path_or_state
+    sd, ignored = adapt_beit3_pretrained(unwrap(raw), model.cfg, resize_patch=resize_patch)
+    load_strict(model, sd, what=f"BEiT-3 pretrained {path_or_state if is_path else 'state dict'}")
     return {"ignored": ignored}

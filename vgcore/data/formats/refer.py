@@ -26,6 +26,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ...checkpoint.safe import UntrustedFileError, load_plain_pickle
 from ..errors import DataError, IssueLog, RecordList, check_box, reason_of
 from ..image import image_size
 from ..masks import jsonable_segmentation, mask_area, union_segmentation
@@ -45,12 +46,12 @@ def instances_path(root, dataset: str) -> str:
 
 
 def _load_pickle(path):
+    """A ``refs(*).p`` file: a pickle by format, read with a restricted unpickler that rebuilds only builtin
+    containers, strings and numbers (anything else -- which could run code -- is refused, naming the file)."""
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except UnicodeDecodeError:  # Python-2 pickles of byte strings
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+        return load_plain_pickle(path)
+    except UntrustedFileError as e:
+        raise DataError(str(e)) from None
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{path}: not a readable pickle of a list of refs: {e}") from None
 

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from ..errors import BOX_TOLERANCE, DataError, DataWarning, IssueLog, RecordList, check_box, reason_of
+from ...checkpoint.safe import UntrustedFileError, torch_load
+from ..errors import BOX_TOLERANCE, DataError, IssueLog, RecordList, check_box, reason_of
 from ..masks import is_polygons
 from ..sample import Record
 
@@ -62,35 +62,20 @@ def split_path(root, dataset: str, split: str) -> str:
     return os.path.join(os.fspath(root), dataset, f"{dataset}_{split}.pth")
 
 
-def load_pth(path, allow_pickle: bool = True, weights_only: bool = True) -> Any:
-    """``torch.load`` with ``weights_only=True``; falls back to ``weights_only=False`` (full unpickling, which can
-    run code -- only for files you trust) with a `DataWarning` when the file holds non-plain objects (e.g. numpy
-    arrays).  Missing or corrupt files raise `DataError` naming the file.
-
-    ``weights_only=False`` skips the safe loader (for trusted files: it is ~4x faster on large lists, e.g.
-    2.8 s instead of 12 s for 100k tuples)."""
+def load_pth(path, *, trust_pickle: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` of a split file (plain lists, tuples, strings, numbers; numpy arrays
+    and scalars too).  A file that needs more (pickled objects, which could run code) raises `DataError`
+    naming the file; ``trust_pickle=True`` (``--trust_pickle``) unpickles it fully -- only for files you trust.
+    Missing or corrupt files raise `DataError` naming the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: split file not found (expected a torch.save-d list of tuples)")
-    if not weights_only:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{path}: not a readable torch.save file (corrupt or wrong format): {e}") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e1:  # noqa: BLE001 -- any failure: maybe non-plain objects, maybe corrupt
-        if not allow_pickle:
-            raise DataError(f"{path}: cannot be read with torch.load(weights_only=True): {e1}") from None
-        first = str(e1).splitlines()[0] if str(e1) else type(e1).__name__
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e2:  # noqa: BLE001
-        raise DataError(f"{path}: not a readable torch.save file (corrupt or wrong format): "
-                        f"weights_only=True failed with: {first}; weights_only=False failed with: {e2}") from None
-    warnings.warn(f"{path}: loaded with torch.load(weights_only=False) because weights_only=True failed ({first}); "
-                  f"this unpickles arbitrary objects -- only do this for files you trust", DataWarning, stacklevel=3)
-    return obj
+        return torch_load(path, trust_pickle=trust_pickle, allow_numpy=True)
+    except UntrustedFileError as e:
+        raise DataError(str(e)) from None
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: not a readable torch.save file (corrupt or wrong format): {e}") from None
 
 
 def _image_id(img_file: str) -> Optional[int]:
@@ -256,7 +241,7 @@ def _files(path, dataset, split):
 
 def read_split(path, dataset: str, image_root: Union[str, dict, None] = None, split: Optional[str] = None,
                on_error: str = "raise", box_convention: Optional[str] = None, int_truncate: bool = False,
-               check_images: bool = False, allow_pickle: bool = True, weights_only: bool = True) -> RecordList:
+               check_images: bool = False, trust_pickle: bool = False) -> RecordList:
     """Read one TransVG-family split file (or ``trainval``) into records.
 
     path           the ``.pth`` file, or the split root (``<root>/<dataset>/<dataset>_<split>.pth`` with `split`).
@@ -270,8 +255,7 @@ def read_split(path, dataset: str, image_root: Union[str, dict, None] = None, sp
     on_error       "raise" (default) or "skip" (drop bad samples; one summary `DataWarning`; counts in
                    ``result.skipped``).
     check_images   also fail samples whose image file does not exist (stats every path).
-    allow_pickle   fall back to ``torch.load(weights_only=False)`` (with a warning) when the safe load fails.
-    weights_only   False = trusted file, load it directly with full unpickling (much faster for big lists).
+    trust_pickle   unpickle the file fully (a file with pickled objects; it could run code): trusted files only.
     """
     if box_convention is not None and box_convention not in CONVENTIONS:
         raise DataError(f"unknown box_convention {box_convention!r}: expected one of {CONVENTIONS}")
@@ -282,7 +266,7 @@ def read_split(path, dataset: str, image_root: Union[str, dict, None] = None, sp
     out: list = []
     skipped: dict = {}
     for file, sp in _files(path, dataset, split):
-        data = load_pth(file, allow_pickle=allow_pickle, weights_only=weights_only)
+        data = load_pth(file, trust_pickle=trust_pickle)
         if not isinstance(data, (list, tuple)):
             raise DataError(f"{file}: expected a list of per-sample tuples, got {type(data).__name__}")
         log = IssueLog(file, on_error)
