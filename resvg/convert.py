@@ -43,7 +43,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from vgcore.checkpoint import (StateDictMismatchError, check_state_dict, load_state_dict_strict, strip_prefix,
+from vgcore.checkpoint import (StateDictMismatchError, check_state_dict, load_strict, strip_prefix,
                                torch_load, unwrap_checkpoint)
 from vgcore.models.bert import convert_bert_state_dict, is_bert_model_key
 
@@ -220,7 +220,7 @@ def convert_any(sd: Mapping[str, torch.Tensor], kind: str = "auto") -> Tuple[Dic
 def load_into(model, sd_ours: Mapping[str, torch.Tensor], assign: bool = False) -> None:
     """Strict load of a full converted state dict (raises naming missing / unexpected / mis-shaped keys)."""
     if not assign:
-        load_state_dict_strict(model, sd_ours, what="ResVG")
+        load_strict(model, sd_ours, what="ResVG")
         return
     missing, unexpected, mismatched = check_state_dict(model, sd_ours)
     if missing or unexpected or mismatched:
@@ -231,7 +231,7 @@ def load_into(model, sd_ours: Mapping[str, torch.Tensor], assign: bool = False) 
 def load_partial(model, sd_ours: Mapping[str, torch.Tensor], modules: Sequence[str]) -> None:
     """Load a converted DETR / BERT part: every key of ``modules`` must be present, nothing else may be."""
     allow = [r"^(?!(" + "|".join(re.escape(m) + r"\." for m in modules) + "))"]
-    load_state_dict_strict(model, sd_ours, allow_missing=allow, what=f"ResVG parts {list(modules)}")
+    load_strict(model, sd_ours, allow_missing=allow, what=f"ResVG parts {list(modules)}")
 
 
 def load_pretrained(model, path_or_obj, kind: str = "auto") -> dict:
@@ -271,7 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = config_from_args(cfg).to_dict()
         with torch.device("meta"):
             model = ResVG(config_from_args(config))
-        load_state_dict_strict(model, {k: v.to("meta") for k, v in ours.items()}, what=a.src)
+        load_strict(model, {k: v.to("meta") for k, v in ours.items()}, what=a.src)
     torch.save({"model": ours, "kind": report["kind"], "config": config, "compat": report["compat"],
                 "report": report}, a.dst)
     print(f"wrote {a.dst}: {len(ours)} tensors ({report['kind']}); dropped {len(report['dropped'])}, unmapped 0")

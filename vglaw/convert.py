@@ -41,9 +41,7 @@ CLI: ``python -m vglaw.convert --src law.ckpt --dst ours.pth`` (VG-LAW), ``--src
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import pickle
 import re
 import sys
 from pathlib import Path
@@ -51,6 +49,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from vgcore.checkpoint import load_plain_pickle, load_strict
 
 __all__ = ["OFFICIAL_COMPAT", "COMPAT_FROM_SPEC", "read_mindspore_ckpt", "write_mindspore_ckpt",
            "read_detectron2_pickle", "map_key", "convert_vglaw_state_dict", "convert_vitdet_backbone",
@@ -181,29 +181,11 @@ def write_mindspore_ckpt(sd: Dict[str, torch.Tensor], path=None) -> bytes:
 
 
 # ----------------------------------------------------------------------------------- detectron2 pickle
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Reconstructs numpy arrays, dtypes and scalars plus builtin containers (and the byte-string codec
-    protocol-2 pickles use); refuses every other global."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-        ("_codecs", "encode"),  # how protocol-2 pickles store bytes (array buffers): str -> bytes only
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays and builtin containers "
-                                     "may appear in a weights pickle")
-
-
-def read_detectron2_pickle(path_or_bytes) -> Dict[str, torch.Tensor]:
-    """name -> tensor of a detectron2 model-zoo ``.pkl`` (``{"model": {...}}`` or a bare dict), read with the
-    restricted unpickler.  Non-array entries are skipped."""
-    raw = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
-    obj = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+def read_detectron2_pickle(path) -> Dict[str, torch.Tensor]:
+    """name -> tensor of a detectron2 model-zoo ``.pkl`` (``{"model": {...}}`` or a bare dict), read with
+    `vgcore.checkpoint.load_plain_pickle` (builtin containers and numpy arrays only).  Non-array entries are
+    skipped."""
+    obj = load_plain_pickle(path, allow_numpy=True)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obj.items() if isinstance(v, np.ndarray)}
@@ -405,33 +387,15 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
     return cfg
 
 
-def _mismatch(own: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor], keys: Iterable[str]) -> List[str]:
-    return [f"{k}: {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in keys
-            if tuple(sd[k].shape) != tuple(own[k].shape)]
-
-
 def load_into(model, sd_ours: Dict[str, torch.Tensor], assign: bool = False) -> None:
-    """Strict load with an error naming missing / unexpected / mis-shaped keys."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd_ours)), sorted(set(sd_ours) - set(own))
-    bad = _mismatch(own, sd_ours, [k for k in sd_ours if k in own])
-    if missing or unexpected or bad:
-        raise RuntimeError(f"VG-LAW strict load failed:\n  missing ({len(missing)}): {missing[:20]}\n"
-                           f"  unexpected ({len(unexpected)}): {unexpected[:20]}\n  shape mismatch: {bad[:20]}")
-    model.load_state_dict(sd_ours, strict=True, assign=assign)
+    """Strict load (`vgcore.checkpoint.load_strict`): one error naming missing / unexpected / mis-shaped keys."""
+    load_strict(model, sd_ours, what="VG-LAW", assign=assign)
 
 
 def load_partial(model, sd_ours: Dict[str, torch.Tensor], prefixes: Sequence[str]) -> None:
     """Load pretrained weights covering exactly the model keys under ``prefixes`` (strict on that subset)."""
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(tuple(prefixes))}
-    missing, unexpected = sorted(set(own) - set(sd_ours)), sorted(set(sd_ours) - set(own))
-    bad = _mismatch(own, sd_ours, [k for k in sd_ours if k in own])
-    if missing or unexpected or bad:
-        raise RuntimeError(f"VG-LAW pretrained load ({', '.join(prefixes)}) failed:\n  missing ({len(missing)}): "
-                           f"{missing[:20]}\n  unexpected ({len(unexpected)}): {unexpected[:20]}\n  shape mismatch: {bad[:20]}")
-    with torch.no_grad():
-        for k, v in sd_ours.items():
-            own[k].copy_(v)
+    others = "^(?!" + "|".join(re.escape(p) for p in prefixes) + ")"
+    load_strict(model, sd_ours, allow_missing=[others], what=f"VG-LAW pretrained ({', '.join(prefixes)})")
 
 
 def load_pretrained(model, vitdet=None, bert=None) -> dict:

@@ -94,7 +94,7 @@ def torch_load(path: Union[str, Path], map_location="cpu", *, trust_pickle: bool
 
 _PLAIN = {("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "bytearray"),
           ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "complex"),
-          ("__builtin__", "bytearray"), ("_codecs", "encode")}
+          ("__builtin__", "bytearray"), ("_codecs", "encode"), ("collections", "OrderedDict")}
 _NUMPY = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "scalar"),
           ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "_reconstruct"),
           ("numpy._core.multiarray", "_reconstruct")}
