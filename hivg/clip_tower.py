@@ -11,7 +11,7 @@ Bridge (block l in ``bridge_layers``), applied between the self-attention and th
     r = x;  h = norm(x)
     T = gate(cat_i(t_i + E_i * t_i))        E_i = adaptive_weights[i] [77, Dt]   (or the mixup text directly)
     x = r + mlp(cross_attn(q=h, kv=T))      no text padding mask (the official code attends to all 77 slots)
-With ``batch_mixing`` (the official bug, hivg.md §12.1) the keys/values of sample b are computed from
+With ``batch_mixing`` (the official bug: a [77, B, D] tensor fed to a batch-first attention) the keys/values of sample b are computed from
 ``T.transpose(0, 1).reshape(B, 77, D)[b]`` instead of ``T[b]``.
 """
 from __future__ import annotations

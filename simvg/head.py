@@ -5,7 +5,7 @@ Shapes: B batch, Q queries, L text tokens, C = ``embed_dim`` (256), (h, w) the p
 batch-first.  Masks are bool with **True = padding**.  Boxes are sigmoid outputs, normalised cxcywh of the
 input frame; logits index 0 = "object", index 1 = "no-object".
 
-Data flow (official, §3.2-3.5 of the spec):
+Data flow (as in the official code):
   x = input_proj(img tokens) [B,C,h,w];  T = input_text_proj(text tokens) [B,L,C];
   c = input_cls_proj(object token = BEiT-3 vision CLS) repeated to [B,Q,C];
   TGQG: zeros [B,Q,C] attend to T (query_pos = query_embed.weight, key_pos = 1-D sine of the text positions,

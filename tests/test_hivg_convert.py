@@ -253,7 +253,7 @@ def test_hf_clip_mapping_numerically():
 
 
 def test_hilora_trainable_counts_match_official():
-    """B/16 'unc' trainable counts per stage (hivg.md §3.8): 59.69M / 62.25M / 62.84M / 63.62M of 213.24M.
+    """B/16 'unc' trainable counts per stage (the official counts): 59.69M / 62.25M / 62.84M / 63.62M of 213.24M.
     The official counts include unused modules we do not build (condition_text_proj, ml_text_feat_perceiver,
     condition_text_pos_embed, reg_pos_embed), all trainable."""
     unused = (512 * 768 + 768) * 2 + 77 * 768 + 512

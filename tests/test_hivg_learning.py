@@ -2,9 +2,8 @@
 (scripts/quickstart.sh, under 10 minutes) beats the best trivial baseline by 25 points Acc@0.5 on val and beats
 the noun-only baseline.  Run with ``python -m pytest -q -m slow tests/test_hivg_learning.py``.
 
-Status: passes. Measured on the 2-core reference machine, idle: 7 min 42 s, val Acc@0.5 78.2% (seed 13) against
-best trivial 38.3% (random object) and noun-only 69.5% on the quickstart's larger-shape data; seeds 1 and 2 give
-77.2% and 71.0% (hivg/README.md, "Learning diagnosis, session 11")."""
+On an idle 2-core CPU it takes about 8 minutes and reaches val Acc@0.5 of about 78% (seed 13) against best trivial
+38.3% (random object) and noun-only 69.5% on the quickstart's larger-shape data (hivg/README.md, "Quickstart")."""
 import json
 import os
 import subprocess

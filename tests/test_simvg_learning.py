@@ -6,7 +6,7 @@ expressions, JPEG, SeqTR layout, plus the gRefCOCO-style split).  Backbone: ``si
 defaults, pinned by the flags below (scenes and expressions of seed 1): 3,000 image steps on kind / colour / row / col patch tags after the
 last two layers, 400 text steps, 2,000 joint steps in which only the attention blocks and the object token
 train, so that the object token says what the expression says and what its referent is.  It is the stand-in
-for the BEiT-3 weights SimVG starts from (simvg/README.md, "Session 13").
+for the BEiT-3 weights SimVG starts from (simvg/README.md, "Tiny preset").
 
 REC (one query, one-stage DB + DWBD token branch, the official loss weights):
   * the DB's val Acc@0.5 beats the best trivial baseline (centre box / largest / random object) by >= 15 points
@@ -16,11 +16,9 @@ GREC (gRefCOCO-like split, 10 queries): Pr@(F1=1, IoU>=0.5) above the "always no
 no-target fraction, N-acc 1) and the "always one box" baseline (the largest object: Pr = its hits on
 single-target samples, N-acc 0), N-acc above 0.
 
-Measured on the 2-core machine, alone (2026-12-04, session 14): data + backbone pretraining 5.8 min; REC 12
-epochs, 7.4 min, DB 81.8% (best trivial 38.3%, noun-only 69.5%), TB 80.8%; GREC 10 epochs, 7.0 min, DB Pr 38.2%
-(no-target 20.2%, one box 26.2%), N-acc 41.6%.  3 passed in 20.4 min.  ``--num_workers 0`` keeps both cores for
-the model's process (with one worker it gets one thread: 39 s a training epoch instead of 35 s; simvg/README.md,
-"Session 14"); the REC run is then the one of scripts/simvg/train_tiny_synthetic.sh.
+On an idle 2-core CPU the three tests take about 20 minutes: data + backbone pretraining about 6 min, REC 12 epochs
+about 7.5 min, GREC 10 epochs about 7 min.  ``--num_workers 0`` keeps both cores for the model's process; the REC
+run is then the one of scripts/simvg/train_tiny_synthetic.sh.
 
 Recipe (a from-scratch deviation from the official fine-tuning recipe; the loss structure is the official one):
 Adam amsgrad, lr 5e-4, BEiT-3 at x0.2 (official x0.1), no warm-up, one x0.1 decay before the last epoch, no LSJ,

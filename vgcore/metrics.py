@@ -22,7 +22,8 @@ exception is ``GRECAccumulator(batch_averaged=True)``, which reproduces SimVG's 
 Boxes are xyxy in one common frame for prediction and ground truth (original image pixels by design;
 IoU is invariant to per-axis scale + shift, so any affine-consistent frame gives the same value up to
 clamping).  Fractions are returned in [0, 1] (multiply by 100 for papers' percentages).
-See /work/shared/data-and-metrics.md §2 for the reference definitions reproduced here.
+The definitions are those of the official evaluators: REC Acc@tau with IoU >= tau counted per sample;
+gRefCOCO's Pr@(F1=1, IoU>=0.5) / N-acc / T-acc; LAVT's mIoU / oIoU / Pr@t for masks.
 """
 from __future__ import annotations
 
@@ -330,7 +331,7 @@ class PointingAccumulator(_Base):
 
 class GRECAccumulator(_Base):
     """Generalised REC (gRefCOCO): Pr@(F1=1, IoU>=0.5), N-acc and T-acc, as gRefCOCO's official
-    `RefExpEvaluator.summarize` defines them (data-and-metrics.md §2.2).
+    `RefExpEvaluator.summarize` defines them.
 
     Per sample: predictions are sorted by score (descending) and those with score >= ``score_thresh`` kept.
     * No-target sample (0 GT boxes): correct iff nothing is kept; counted TP (nothing kept) / FN (something
@@ -499,7 +500,7 @@ class GRECAccumulator(_Base):
 
 class RESAccumulator(_Base):
     """Referring segmentation: mIoU (mean per-sample IoU), oIoU (sum I / sum U, a.k.a. cIoU) and Pr@t
-    (fraction of samples with IoU >= t), LAVT's definitions (data-and-metrics.md §2.3).  A sample whose
+    (fraction of samples with IoU >= t), LAVT's definitions.  A sample whose
     prediction and GT are both empty (U = 0) has IoU 0, as in LAVT.
 
     Counts layout (float64): [n, iou_sum, I_sum, U_sum, hits@t for t in thresholds].

@@ -1,4 +1,4 @@
-"""lichengunc "refer" layout and gRefCOCO ("grefer") layout (data-and-metrics §1b, §1c).
+"""lichengunc "refer" layout and gRefCOCO ("grefer") layout as the official repositories ship them.
 
 Files: ``<root>/<dataset>/refs(<split_by>).p`` (pickled list of refs) or, for gRefCOCO,
 ``<root>/<dataset>/grefs(<split_by>).json`` / ``.p``; plus ``<root>/<dataset>/instances.json`` (COCO subset:

@@ -1,4 +1,4 @@
-"""SeqTR / SimVG / ALVG ``data/annotations/<name>/instances.json`` (data-and-metrics §1c, simvg.md §6.1).
+"""SeqTR / SimVG / ALVG ``data/annotations/<name>/instances.json`` (the layout SimVG and ALVG read).
 
 Top level: a dict keyed by split name (``train``, ``val``, ``testA``, ..., Mixed: ``val_refcoco_unc`` ...),
 each a list of entries.

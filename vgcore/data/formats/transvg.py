@@ -1,6 +1,6 @@
 """TransVG-family split files ``<split_root>/<dataset>/<dataset>_<split>.pth`` (TransVG, CLIP-VG, HiVG, ResVG).
 
-Each file is a ``torch.save``-d Python list with one tuple per expression.  Layouts (data-and-metrics §1a):
+Each file is a ``torch.save``-d Python list with one tuple per expression.  Layouts:
 
 =====================  =========================================  ===========================================
 dataset                tuple                                      stored box
