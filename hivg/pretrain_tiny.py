@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # `python hivg/pretrain_tiny.py`: make the reposi
 
 import torch
 
-from hivg.common import add_model_args, build_hivg
+from hivg.recipes import add_model_args, build_hivg
 from hivg.lora import merge_lora
 from vgcore import dist
 from vgcore.checkpoint import atomic_save

@@ -281,12 +281,46 @@ def test_cli_groups_defaults_and_legacy_local_rank():
         (64, "refcocog", 2.5e-4, "cosine", 6666, 1, "bf16")
     assert p.parse_args(["--local_rank", "0"]).local_rank == 0
     assert p.parse_args([]).local_rank is None
-    with pytest.raises(TypeError, match="unknown default"):
+    with pytest.raises(TypeError, match="unknown flag name"):
         cli.add_optim_args(argparse.ArgumentParser(), learning_rate=1.0)
+    with pytest.raises(TypeError, match="unknown flag name"):
+        cli.add_optim_args(argparse.ArgumentParser(), skip=("learning_rate",))
+    # skip / only: a method offers exactly the flags it uses
+    q = argparse.ArgumentParser()
+    cli.add_optim_args(q, only=("amp", "lr"), lr=None)
+    cli.add_logging_args(q, skip=("eval_every", "tensorboard"))
+    got = vars(q.parse_args([]))
+    assert got["lr"] is None and got["amp"] == "none" and "weight_decay" not in got
+    assert "eval_every" not in got and "tensorboard" not in got and got["stop_after_steps"] is None
+    with pytest.raises(SystemExit):
+        q.parse_args(["--weight_decay", "0.1"])
     b = cli.build_parser("x", optim={"epochs": 3})
     args = b.parse_args(["--lr_interval", "step", "--warmup_steps", "2"])
     s = optim.build_scheduler_from_args(_opt(), args, iters_per_epoch=5)
     assert s.interval == "step" and s.factor.total == 15 and s.factor.warmup == 2
+
+
+def test_accepted_official_flags_parse_and_warn(capsys):
+    p = argparse.ArgumentParser()
+    cli.add_accepted_args(p, {"--save_hilora_clip": "nothing to save", "--lr_exponential": "no such schedule"},
+                          valued=("--lr_exponential",))
+    assert vars(p.parse_args([])) == {"save_hilora_clip": None, "lr_exponential": None}
+    capsys.readouterr()
+    a = p.parse_args(["--save_hilora_clip", "--lr_exponential", "0.9"])
+    assert a.save_hilora_clip is True and a.lr_exponential == "0.9"
+    err = capsys.readouterr().err
+    assert "--save_hilora_clip is accepted for official command lines and ignored (nothing to save)" in err
+    assert "--lr_exponential" in err
+
+
+def test_loop_config_validation_schedule():
+    from vgcore.trainer import LoopConfig
+    every2 = LoopConfig(epochs=7, output_dir="x", eval_every=2)
+    assert [e for e in range(7) if every2.validates_after(e)] == [1, 3, 5, 6]  # the last epoch always
+    gated = LoopConfig(epochs=8, output_dir="x", eval_every=2, eval_start_epoch=4)
+    assert [e for e in range(8) if gated.validates_after(e)] == [5, 7]
+    with pytest.raises(ValueError, match="mode"):
+        LoopConfig(epochs=1, output_dir="x", mode="best")
 
 
 def test_viz_draws_boxes_masks_text(tmp_path):
