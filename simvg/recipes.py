@@ -193,6 +193,8 @@ def add_eval_args(p: argparse.ArgumentParser, mode: str = "eval") -> None:
                       **DATA_DEFAULTS)
     cli.add_dist_args(p, skip=("world_size",))
     cli.add_logging_args(p, only=("output_dir", "seed"), output_dir="./outputs", seed=6666)
+    # a training command line's logging flag, so that one list of flags serves both scripts
+    cli.add_accepted_args(p, {"--tensorboard": "evaluation writes no tensorboard"}, valued=("--tensorboard",))
 
 
 DATA_DEFAULTS = dict(data_root="./data", split_root="", format="seqtr", num_workers=None, batch_size=None)

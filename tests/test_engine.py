@@ -323,6 +323,18 @@ def test_loop_config_validation_schedule():
         LoopConfig(epochs=1, output_dir="x", mode="best")
 
 
+def test_method_packages_fill_the_protocol():
+    import types
+
+    import hivg.method
+    import simvg.method
+    from vgcore import method
+    assert method.check(hivg.method) == [] and method.check(simvg.method) == []
+    assert method.check(types.ModuleType("empty")) == list(method.REQUIRED)
+    with pytest.raises(TypeError, match="missing"):
+        method.train_parser(types.ModuleType("empty"))
+
+
 def test_viz_draws_boxes_masks_text(tmp_path):
     from vgcore import viz
     img = torch.zeros(3, 40, 50)
