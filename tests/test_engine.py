@@ -323,6 +323,33 @@ def test_loop_config_validation_schedule():
         LoopConfig(epochs=1, output_dir="x", mode="best")
 
 
+def test_fit_validates_on_the_loop_schedule_and_keeps_the_best(toy, tmp_path):
+    """`fit` validates only after the epochs `LoopConfig` selects (not before ``eval_start_epoch``, every
+    ``eval_every``, always the last), logs them, and best_checkpoint.pth holds the best validated epoch."""
+    import json
+
+    from vgcore.metrics import RECAccumulator
+    from vgcore.trainer import LoopConfig, fit, load_model_file
+    torch.manual_seed(0)
+    loader = _loader(toy, toy.ToyDataset(16, 16, seed=3), 8)
+    vloader = dist.build_loader(toy.ToyDataset(7, 16, seed=4), 4, train=False, collate_fn=toy.collate,
+                                distributed=False)
+    model = toy.ToyModel(16, dropout=0.0)
+    opt = optim.build_optimizer("adamw", model.parameters(), 3e-3, 0.0)
+    loop = LoopConfig(epochs=6, output_dir=str(tmp_path), eval_every=2, eval_start_epoch=2, tensorboard=False,
+                      metric="miou")
+    summary = fit(loop, model=model, criterion=toy.ToyCriterion(), optimizer=opt, scheduler=None,
+                  train_loader=loader, val_loader=vloader, device="cpu",
+                  postprocess=lambda o, b: toy.postprocess(o, b)["rec"],
+                  make_accumulators=lambda: RECAccumulator(thresholds=(0.5,)), model_config={"toy": 1})
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    validated = {r["epoch"]: r["val/miou"] for r in log if "val/miou" in r}
+    assert [r["epoch"] for r in log] == list(range(6)) and sorted(validated) == [3, 5]
+    best = load_model_file(tmp_path / "best_checkpoint.pth")
+    assert summary["best"] == max(validated.values()) == best["metrics"]["miou"]
+    assert best["extra"]["epoch"] == max(validated, key=validated.get) and best["config"] == {"toy": 1}
+
+
 def test_method_packages_fill_the_protocol():
     import types
 
