@@ -294,7 +294,8 @@ def test_cli_groups_defaults_and_legacy_local_rank():
     assert "eval_every" not in got and "tensorboard" not in got and got["stop_after_steps"] is None
     with pytest.raises(SystemExit):
         q.parse_args(["--weight_decay", "0.1"])
-    b = cli.build_parser("x", optim={"epochs": 3})
+    b = argparse.ArgumentParser()
+    cli.add_optim_args(b, epochs=3)
     args = b.parse_args(["--lr_interval", "step", "--warmup_steps", "2"])
     s = optim.build_scheduler_from_args(_opt(), args, iters_per_epoch=5)
     assert s.interval == "step" and s.factor.total == 15 and s.factor.warmup == 2

@@ -20,8 +20,7 @@ import argparse
 import sys
 from typing import Any, Dict, Iterable, Optional
 
-__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_common_args",
-           "add_accepted_args", "build_parser", "str2bool"]
+__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_accepted_args", "str2bool"]
 
 
 def str2bool(v) -> bool:
@@ -173,20 +172,3 @@ def add_accepted_args(parser: argparse.ArgumentParser, flags: Dict[str, str], va
         g.add_argument(flag, action=_Ignored, why=why, nargs=None if flag in valued else 0,
                        default=None, help=f"ignored: {why}")
     return g
-
-
-def add_common_args(parser: argparse.ArgumentParser, data: Optional[dict] = None, optim: Optional[dict] = None,
-                    dist: Optional[dict] = None, logging: Optional[dict] = None) -> argparse.ArgumentParser:
-    """All four groups; each dict holds that group's default overrides."""
-    add_data_args(parser, **(data or {}))
-    add_optim_args(parser, **(optim or {}))
-    add_dist_args(parser, **(dist or {}))
-    add_logging_args(parser, **(logging or {}))
-    return parser
-
-
-def build_parser(description: str = "", add_help: bool = True, **groups) -> argparse.ArgumentParser:
-    """``argparse.ArgumentParser`` with the common groups (``groups``: data=..., optim=..., dist=..., logging=...)."""
-    p = argparse.ArgumentParser(description, add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    return add_common_args(p, **groups)
