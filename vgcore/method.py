@@ -54,6 +54,7 @@ from . import dist
 from .data.build import build_grounding_loader, single_batch
 from .data.image import load_image
 from .engine import Logger, build_grad_scaler, evaluate as run_evaluation
+from .optim import describe_param_groups
 from .trainer import fit
 from .viz import draw_grounding, save_prediction_grid
 
@@ -137,6 +138,7 @@ def train(method: ModuleType, args: argparse.Namespace) -> Dict[str, Any]:
     val_loader = build_loader(method, args, model, args.val_split, train=False)
     logger.info(f"train: {len(train_loader.dataset)} samples, {len(train_loader)} batches/epoch per process")
     optimizer, scheduler, ema = method.build_optimizer(args, model, max(len(train_loader) // loop.accum_steps, 1))
+    logger.info("parameter groups (lr at the start of the schedule):\n" + describe_param_groups(optimizer.param_groups))
     scaler = build_grad_scaler(loop.amp, device)
 
     ddp = model
