@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vgcore.models.mlp import MLP
 from vgcore.models.position import sine_position_2d
 
 from .clip_tower import MLP2, TextTower, VisionTower
@@ -92,22 +93,6 @@ class FusionEncoder(nn.Module):
         return self.norm(x) if self.norm is not None else x
 
 
-class BoxMLP(nn.Module):
-    """3-layer MLP with ReLU between layers (DETR bbox_embed)."""
-
-    def __init__(self, dim: int, out: int = 4, layers: int = 3):
-        super().__init__()
-        dims = [dim] * layers + [out]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
-
-
 class HiVG(nn.Module):
     def __init__(self, cfg: HiVGConfig):
         super().__init__()
@@ -135,7 +120,7 @@ class HiVG(nn.Module):
         self.vl_pos_embed = nn.Parameter(torch.randn(cfg.fusion_len, H))
         self.fusion = FusionEncoder(H, cfg.fusion_heads, cfg.fusion_ffn, cfg.fusion_layers, cfg.fusion_dropout,
                                     cfg.fusion_pre_norm)
-        self.bbox_head = BoxMLP(H, 4, 3)
+        self.bbox_head = MLP(H, H, 4, 3)  # DETR bbox_embed: 3 linears, ReLU between
         self.ml_visual_projection = nn.Linear(len(cfg.extract_vision_layers) * cfg.vision_width, H)
         self.visu_token_norm = nn.LayerNorm(H, eps=1e-5)
         self.visu_token_mlp = MLP2(H, cfg.token_mlp_dim)

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # `python hivg/pretrain_tiny.py`: make the reposi
 
 import torch
 
-from hivg.common import add_model_args, build_hivg
+from hivg.recipes import add_model_args, build_hivg
 from hivg.lora import merge_lora
 from vgcore import dist
 from vgcore.checkpoint import atomic_save
@@ -40,7 +40,7 @@ from vgcore.data.transforms import build_transforms
 from vgcore.synthetic.tagpretrain import (ExpressionTagDataset, SceneTagDataset, make_records, make_scenes, pretrain_tags,
                                 pretrain_text_tags, tag_accuracy)
 from vgcore.text import build_tokenizer
-from vgcore.trainer import MODEL_FORMAT
+from vgcore.checkpoint import MODEL_FORMAT
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

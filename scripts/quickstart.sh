@@ -35,30 +35,30 @@ TRAIN_CLIP=${TRAIN_CLIP:-none}
 SCENE_FLAGS=${SCENE_FLAGS---object-scale 1.8 --max-objects 5}
 read -r -a SCENE <<< "$SCENE_FLAGS"  # generator options; pretrain_tiny.py takes the same ones
 QS_DEVICE=${QS_DEVICE:-cpu}  # CPU by default (the machine-wide DEVICE of scripts/lib.sh is cuda)
-# training runs as QS_NPROC processes (torch.distributed.run, gloo on the CPU, one thread each; the global batch
-# stays 32): on 2 cores an epoch takes ~34 s with both towers frozen (~53 s when the text tower trains, against
-# ~60 s for one process with 2 threads).  QS_NPROC=1: plain `python`.
+# training runs as QS_NPROC processes (lib.sh's vg_launch: torch.distributed.launch --use_env, gloo on the CPU,
+# one thread each; the global batch stays 32): on 2 cores an epoch takes ~34 s with both towers frozen (~53 s
+# when the text tower trains, against ~60 s for one process with 2 threads).  QS_NPROC=1: plain $PYTHON.
 QS_NPROC=${QS_NPROC:-2}
 if [ "$QS_NPROC" -gt 1 ]; then
-    TRAIN=(python -m torch.distributed.run --standalone --nproc_per_node="$QS_NPROC")
+    NGPU=$QS_NPROC TRAIN=(vg_launch)
 else
-    TRAIN=(python)
+    TRAIN=(run "$PYTHON")
 fi
 BATCH=$((32 / QS_NPROC))  # per process, as --batch_size is per GPU in the official scripts
 DATA=$OUT/data
 MODEL_FLAGS=(--model tiny --dataset unc --imsize 128 --max_query_len 20 --normalize_before --enable_adaptive_weights)
 
-run python -m vgcore.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
+run "$PYTHON" -m vgcore.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
     --formats transvg "${SCENE[@]+"${SCENE[@]}"}"
-run python hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" --seed "$SEED" "${SCENE[@]+"${SCENE[@]}"}" --device "$QS_DEVICE" \
+run "$PYTHON" hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" --seed "$SEED" "${SCENE[@]+"${SCENE[@]}"}" --device "$QS_DEVICE" \
     --out "$OUT/tiny_clip.pth"
-run "${TRAIN[@]}" hivg/train.py "${MODEL_FLAGS[@]}" --clip_dir "$OUT/tiny_clip.pth" --train_clip "$TRAIN_CLIP" --seed "$SEED" \
+"${TRAIN[@]}" hivg/train.py "${MODEL_FLAGS[@]}" --clip_dir "$OUT/tiny_clip.pth" --train_clip "$TRAIN_CLIP" --seed "$SEED" \
     --split_root "$DATA/split/data" --image_root "$DATA/images" \
     --batch_size "$BATCH" --lr 1e-3 --epochs "$EPOCHS" --lr_scheduler cosine --lr_interval step --warmup_steps 50 \
     --vl_dropout 0 --use_rtcc_constrain_loss --use_mask_loss --align_focal_coef 1 --seg_focal_coef 1 \
     --device "$QS_DEVICE" --num_workers 0 --log_every 20 --output_dir "$OUT/hivg"
-run python hivg/eval.py --eval_model "$OUT/hivg/best_checkpoint.pth" --eval_set val --dataset unc \
+run "$PYTHON" hivg/eval.py --eval_model "$OUT/hivg/best_checkpoint.pth" --eval_set val --dataset unc \
     --split_root "$DATA/split/data" --image_root "$DATA/images" --device "$QS_DEVICE" --num_workers 1 \
     --vis 16 --output_dir "$OUT/hivg"
-run python scripts/baselines.py --data "$DATA" --split val --metrics "$OUT/hivg/eval_unc_val.json" \
+run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --metrics "$OUT/hivg/eval_unc_val.json" \
     --out "$OUT/quickstart_metrics.json"

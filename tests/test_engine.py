@@ -281,12 +281,87 @@ def test_cli_groups_defaults_and_legacy_local_rank():
         (64, "refcocog", 2.5e-4, "cosine", 6666, 1, "bf16")
     assert p.parse_args(["--local_rank", "0"]).local_rank == 0
     assert p.parse_args([]).local_rank is None
-    with pytest.raises(TypeError, match="unknown default"):
+    with pytest.raises(TypeError, match="unknown flag name"):
         cli.add_optim_args(argparse.ArgumentParser(), learning_rate=1.0)
-    b = cli.build_parser("x", optim={"epochs": 3})
+    with pytest.raises(TypeError, match="unknown flag name"):
+        cli.add_optim_args(argparse.ArgumentParser(), skip=("learning_rate",))
+    # skip / only: a method offers exactly the flags it uses
+    q = argparse.ArgumentParser()
+    cli.add_optim_args(q, only=("amp", "lr"), lr=None)
+    cli.add_logging_args(q, skip=("eval_every", "tensorboard"))
+    got = vars(q.parse_args([]))
+    assert got["lr"] is None and got["amp"] == "none" and "weight_decay" not in got
+    assert "eval_every" not in got and "tensorboard" not in got and got["stop_after_steps"] is None
+    with pytest.raises(SystemExit):
+        q.parse_args(["--weight_decay", "0.1"])
+    b = argparse.ArgumentParser()
+    cli.add_optim_args(b, epochs=3)
     args = b.parse_args(["--lr_interval", "step", "--warmup_steps", "2"])
     s = optim.build_scheduler_from_args(_opt(), args, iters_per_epoch=5)
     assert s.interval == "step" and s.factor.total == 15 and s.factor.warmup == 2
+
+
+def test_accepted_official_flags_parse_and_warn(capsys):
+    p = argparse.ArgumentParser()
+    cli.add_accepted_args(p, {"--save_hilora_clip": "nothing to save", "--lr_exponential": "no such schedule"},
+                          valued=("--lr_exponential",))
+    assert vars(p.parse_args([])) == {"save_hilora_clip": None, "lr_exponential": None}
+    capsys.readouterr()
+    a = p.parse_args(["--save_hilora_clip", "--lr_exponential", "0.9"])
+    assert a.save_hilora_clip is True and a.lr_exponential == "0.9"
+    err = capsys.readouterr().err
+    assert "--save_hilora_clip is accepted for official command lines and ignored (nothing to save)" in err
+    assert "--lr_exponential" in err
+
+
+def test_loop_config_validation_schedule():
+    from vgcore.trainer import LoopConfig
+    every2 = LoopConfig(epochs=7, output_dir="x", eval_every=2)
+    assert [e for e in range(7) if every2.validates_after(e)] == [1, 3, 5, 6]  # the last epoch always
+    gated = LoopConfig(epochs=8, output_dir="x", eval_every=2, eval_start_epoch=4)
+    assert [e for e in range(8) if gated.validates_after(e)] == [5, 7]
+    with pytest.raises(ValueError, match="mode"):
+        LoopConfig(epochs=1, output_dir="x", mode="best")
+
+
+def test_fit_validates_on_the_loop_schedule_and_keeps_the_best(toy, tmp_path):
+    """`fit` validates only after the epochs `LoopConfig` selects (not before ``eval_start_epoch``, every
+    ``eval_every``, always the last), logs them, and best_checkpoint.pth holds the best validated epoch."""
+    import json
+
+    from vgcore.metrics import RECAccumulator
+    from vgcore.checkpoint import load_model_file
+    from vgcore.trainer import LoopConfig, fit
+    torch.manual_seed(0)
+    loader = _loader(toy, toy.ToyDataset(16, 16, seed=3), 8)
+    vloader = dist.build_loader(toy.ToyDataset(7, 16, seed=4), 4, train=False, collate_fn=toy.collate,
+                                distributed=False)
+    model = toy.ToyModel(16, dropout=0.0)
+    opt = optim.build_optimizer("adamw", model.parameters(), 3e-3, 0.0)
+    loop = LoopConfig(epochs=6, output_dir=str(tmp_path), eval_every=2, eval_start_epoch=2, tensorboard=False,
+                      metric="miou")
+    summary = fit(loop, model=model, criterion=toy.ToyCriterion(), optimizer=opt, scheduler=None,
+                  train_loader=loader, val_loader=vloader, device="cpu",
+                  postprocess=lambda o, b: toy.postprocess(o, b)["rec"],
+                  make_accumulators=lambda: RECAccumulator(thresholds=(0.5,)), model_config={"toy": 1})
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    validated = {r["epoch"]: r["val/miou"] for r in log if "val/miou" in r}
+    assert [r["epoch"] for r in log] == list(range(6)) and sorted(validated) == [3, 5]
+    best = load_model_file(tmp_path / "best_checkpoint.pth")
+    assert summary["best"] == max(validated.values()) == best["metrics"]["miou"]
+    assert best["extra"]["epoch"] == max(validated, key=validated.get) and best["config"] == {"toy": 1}
+
+
+def test_method_packages_fill_the_protocol():
+    import types
+
+    import hivg.method
+    import simvg.method
+    from vgcore import method
+    assert method.check(hivg.method) == [] and method.check(simvg.method) == []
+    assert method.check(types.ModuleType("empty")) == list(method.REQUIRED)
+    with pytest.raises(TypeError, match="missing"):
+        method.train_parser(types.ModuleType("empty"))
 
 
 def test_viz_draws_boxes_masks_text(tmp_path):

@@ -78,7 +78,7 @@ def test_resume_mid_epoch_is_exact(syn, tmp_path):
 
     m = eval_main(eval_parser().parse_args(["--eval_model", str(straight / "best_checkpoint.pth"), "--eval_set", "val",
                                             "--dataset", "unc", *_data(syn), "--device", "cpu", "--num_workers", "0",
-                                            "--output_dir", str(tmp_path / "ev"), "--vis", "4"]))
+                                            "--output_dir", str(tmp_path / "ev"), "--vis", "4"]))["val"]
     assert m["n"] == 13
     assert (tmp_path / "ev" / "vis_unc_val.png").stat().st_size > 0
     summary = json.loads((straight / "train_summary.json").read_text())
@@ -104,7 +104,7 @@ def test_distributed_launch_matches_single_process(syn, tmp_path):
 
 def test_predict_draws_png(syn, tmp_path):
     from hivg.model import build_model
-    from vgcore.trainer import save_model
+    from vgcore.checkpoint import save_model
 
     model = build_model("hivg-tiny", image_size=64, context_length=12, dataset="unc")
     ck = tmp_path / "m.pth"

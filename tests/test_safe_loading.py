@@ -82,7 +82,8 @@ def test_data_readers_refuse(payload):
 
 def test_hivg_loaders_refuse(payload, tmp_path):
     from hivg import convert
-    from hivg.common import build_hivg, load_pretrained
+    from hivg.recipes import build_hivg
+    from hivg.weights import load_pretrained
     from hivg.eval import build_for_eval, get_args_parser
     p = str(payload["ckpt"])
     args = get_args_parser().parse_args(["--eval_model", p, "--model", "tiny", "--enable_adaptive_weights"])
@@ -101,7 +102,7 @@ def test_hivg_loaders_refuse(payload, tmp_path):
 
 def test_simvg_and_beit3_loaders_refuse(payload, tmp_path):
     from simvg import convert
-    from simvg.common import load_weights_into, read_weights
+    from simvg.weights import load_weights_into, read_weights
     from simvg.eval import build_for_eval, get_args_parser
     from simvg.model import build_model
     from vgcore.models.beit3 import load_beit3_pretrained

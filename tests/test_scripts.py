@@ -327,3 +327,20 @@ def test_commands_parse_with_real_parser(method, kind):
                 except SystemExit:
                     pytest.fail(f"{rel}: {target} rejects the command: {shlex.join(argv)}")
     assert seen, f"no {target} command found"
+
+
+def test_quickstart_launches_through_lib(tmp_path):
+    """scripts/quickstart.sh runs every command with lib.sh's $PYTHON; training goes through vg_launch (QS_NPROC=2,
+    the default) or plain $PYTHON (QS_NPROC=1); every HiVG command parses with the real parser."""
+    launched = _launches("quickstart.sh", PYTHON="py3")
+    assert [t for t, _ in launched] == ["hivg/train.py"]
+    assert launched[0][1]["batch_size"] == ["16"]
+    for nproc in ("2", "1"):
+        cmds = _commands(_dry_run("quickstart.sh", out_root=str(tmp_path / "out"),
+                                  extra_env=(("PYTHON", "py3"), ("QS_NPROC", nproc))))
+        assert len(cmds) == 5 and all(c[0] == "py3" for c in cmds), cmds
+        for cmd in cmds:
+            t = _launch_target(cmd) or ((cmd[1], cmd[2:]) if cmd[1].startswith("hivg/") else None)
+            if t and t[0] in ("hivg/train.py", "hivg/eval.py"):
+                _parser_or_skip("hivg", t[0][5:-3]).parse_args(list(t[1]))
+    assert not (tmp_path / "out").exists()

@@ -38,12 +38,12 @@ def syn(tmp_path_factory):
 def common(syn, out) -> list:
     return ["--backbone", "tiny", "--data_root", str(syn / "seqtr"), "--image_root", str(syn / "images"),
             "--beit3_spm", str(syn / "tokenizers" / "spm.model"), "--device", "cpu", "--num_workers", "0",
-            "--output_dir", str(out), "--tensorboard", "0"]
+            "--output_dir", str(out)]
 
 
 def _train_args(argv):
     from simvg.train import get_args_parser
-    return get_args_parser().parse_args(argv)
+    return get_args_parser().parse_args(argv + ["--tensorboard", "0"])
 
 
 def _eval(argv) -> dict:
@@ -63,7 +63,7 @@ def test_help():
 
 
 def test_preset_resolution_command_line_wins():
-    from simvg.common import resolve_preset
+    from simvg.recipes import resolve_preset
     a = resolve_preset(_train_args(["--preset", "twostage_1", "--dataset", "refcoco", "--lr", "1e-3"]))
     assert (a.lr, a.batch_size, a.ema, a.token_weight, a.decay_steps, a.img_size) == (1e-3, 16, True, 0.0, [25], 640)
     b = resolve_preset(_train_args(["--preset", "onestage", "--dataset", "grefcoco", "--backbone", "beit3_large"]))
@@ -75,11 +75,91 @@ def test_preset_resolution_command_line_wins():
     assert d.lr == 2e-4 and resolve_preset(_train_args(["--preset", "distill", "--pretrain_from", "mixed"])).epochs == 15
 
 
+def _reference_recipe(preset: str, dataset: str, backbone: str, pretrain_from: str = "cocoall") -> dict:
+    """The official configs written as branching code, independently of the `RECIPES` table."""
+    large = backbone == "beit3_large"
+    grec = dataset == "grefcoco"
+    r = dict(lr=5e-4, batch_size=32, epochs=30, warmup_epochs=3, decay_steps=[25], token_weight=2.0,
+             distill_weight=1.0, ema=False, img_size=640, num_queries=10 if grec else 1, lsj=not grec,
+             evaluate_interval=2 if grec else 1, start_evaluate_epoch=50 if grec else 0)
+    if preset == "onestage":
+        if large:
+            r.update(batch_size=4, token_weight=1.0, distill_weight=0.4)
+            if dataset == "referit":
+                r.update(token_weight=2.0, distill_weight=1.0)
+            if dataset == "refcocoggoogle":
+                r.update(warmup_epochs=0)
+        if grec:
+            r.update(epochs=200, decay_steps=[180])
+    elif preset == "twostage_1":
+        r.update(token_weight=0.0, distill_weight=0.0)
+        if large:
+            r.update(batch_size=4, decay_steps=[21, 27])
+        elif dataset in ("refcoco", "refcocoplus", "refcocog", "refcocoggoogle"):
+            r.update(batch_size=16, ema=True)
+        if grec:
+            r.update(epochs=200, decay_steps=[180])
+    elif preset == "twostage_2":
+        r.update(lr=3e-4, epochs=20, decay_steps=[15])
+        if large:
+            r.update(lr=1e-4, batch_size=4, epochs=10, warmup_epochs=0, decay_steps=[7], token_weight=1.0,
+                     distill_weight=0.4)
+            if dataset == "referit":
+                r.update(token_weight=2.0, distill_weight=1.0)
+        if grec:
+            r.update(lr=5e-4, epochs=100, decay_steps=[90])
+    elif preset in ("pretrain_mixed", "pretrain_cocoall"):
+        r.update(decay_steps=[21, 27], token_weight=0.0, distill_weight=0.0, lsj=False,
+                 img_size=512 if preset == "pretrain_cocoall" else 640)
+        if large:
+            r.update(batch_size=4)
+    elif preset == "finetune":
+        r.update(lr=2e-4 if (pretrain_from == "cocoall" and dataset == "refcoco") else 1e-4, epochs=10,
+                 decay_steps=[8], token_weight=0.0, distill_weight=0.0)
+        if large:
+            r.update(batch_size=4)
+    elif preset == "distill":
+        r.update(lr=3e-4)
+        if pretrain_from == "mixed":
+            r.update(epochs=15, decay_steps=[10], token_weight=2.0, distill_weight=1.0)
+        else:
+            r.update(epochs=20, decay_steps=[15], token_weight=1.0, distill_weight=0.4)
+        if large:
+            r.update(batch_size=4)
+    else:
+        raise ValueError(f"unknown SimVG preset {preset!r}; choose from ...")
+    r.update(lr_vis_enc_mult=0.1, decay_ratio=0.1, weight_decay=0.0, grad_norm_clip=0.15, ema_factor=0.999,
+             max_token=20, num_decoder_layers=3, num_tgqg_layers=2, decoder_weight=1.0,
+             drop_path_rate=0.1 if backbone == "beit3_base" else 0.0)
+    if backbone == "tiny":
+        r.update(img_size=128)
+    return r
+
+
+def test_recipe_table_equals_the_official_configs():
+    """`simvg.recipes.RECIPES` resolves every (preset, dataset, backbone, pretrain_from) to exactly the values of
+    the configs written as code."""
+    from simvg.recipes import BACKBONES, DATASETS, PRESET_NAMES, recipe
+    n = 0
+    for preset in PRESET_NAMES:
+        for dataset in DATASETS:
+            for backbone in BACKBONES:
+                for pretrain_from in ("mixed", "cocoall"):
+                    want = _reference_recipe(preset, dataset, backbone, pretrain_from)
+                    got = recipe(preset, dataset, backbone, pretrain_from)
+                    assert got == want and all(type(got[k]) is type(want[k]) for k in want), \
+                        (preset, dataset, backbone, pretrain_from)
+                    n += 1
+    assert n == 378
+    with pytest.raises(ValueError, match="preset"):
+        recipe("threestage", "refcoco", "beit3_base")
+
+
 def test_ddp_launch_train_then_eval_match(syn, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", "--use_env", "simvg/train.py",
            "--preset", "onestage", *common(syn, out), "--dataset", "refcoco", "--epochs", "1", "--batch_size", "4",
-           "--lr_vis_enc_mult", "1.0"]
+           "--lr_vis_enc_mult", "1.0", "--tensorboard", "0"]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "det_best.pth").exists() and (out / "latest.pth").exists()
@@ -123,9 +203,9 @@ def test_stop_and_resume_is_bit_identical(syn, tmp_path):
 
 def _forced_score_model(syn, path, bias: float):
     """A tiny 10-query model whose object score is forced to ~0 (bias < 0) or ~1 (bias > 0) for every query."""
-    from simvg.common import build_tok, model_config_from_args, resolve_preset
+    from simvg.recipes import build_tok, model_config_from_args, resolve_preset
     from simvg.model import build_model
-    from vgcore.trainer import save_model
+    from vgcore.checkpoint import save_model
     a = resolve_preset(_train_args(["--dataset", "grefcoco", *common(syn, path.parent)]))
     model = build_model(model_config_from_args(a, vocab_size=build_tok(a).vocab_size))
     with torch.no_grad():
@@ -176,10 +256,15 @@ def test_predict_both_branches(syn, tmp_path):
 def test_postprocess_maps_gt_boxes_back_exactly(syn):
     """Feeding the (transformed) ground truth as the prediction scores IoU ~1 on every sample (input-frame ->
     original-pixel mapping of `branch_predictions`), and the metric accumulator reports Acc@0.5 = 1."""
-    from simvg.common import (build_data, build_tok, make_accumulators_factory, make_postprocess, resolve_preset)
+    from simvg import method
+    from simvg.evaluation import make_accumulators, make_postprocess
+    from simvg.recipes import build_tok, resolve_preset
+    from vgcore.data.build import build_grounding_loader
+    from vgcore.data.transforms import build_transforms
     a = resolve_preset(_train_args(["--dataset", "refcoco", *common(syn, syn / "unused")]))
-    _, loader = build_data(a, "val", False, build_tok(a), a.img_size, batch_size=7)
-    acc = make_accumulators_factory(False)()
+    loader = build_grounding_loader(method.records(a, "val", False), build_transforms("simvg", train=False, imsize=a.img_size),
+                                    build_tok(a), batch_size=7, train=False)
+    acc = make_accumulators(False)
     for batch in loader:
         B = len(batch)
         logits = torch.tensor([5.0, -5.0]).expand(B, 1, 2)

@@ -110,7 +110,8 @@ def test_pretrain_tiny_file_loads_frozen_into_train(tmp_path, monkeypatch):
     """hivg/pretrain_tiny.py writes CLIP weights that `--clip_dir` loads strictly; `--train_clip text` keeps
     the image tower's base weights frozen (bridges train), `all` trains it, the default `none` freezes both."""
     import hivg.pretrain_tiny as pt
-    from hivg.common import build_hivg, load_pretrained
+    from hivg.recipes import build_hivg
+    from hivg.weights import load_pretrained
     from hivg.train import get_args_parser
 
     trained = {}
@@ -170,7 +171,7 @@ def test_pretrain_tiny_file_loads_frozen_into_train(tmp_path, monkeypatch):
 
 
 def test_train_clip_flag_values():
-    from hivg.common import _train_clip_mode
+    from hivg.weights import _train_clip_mode
     assert _train_clip_mode(True) == "all" and _train_clip_mode(False) == "none"
     with pytest.raises(ValueError, match="--train_clip"):
         _train_clip_mode("both")

@@ -1,8 +1,13 @@
 """Argument groups shared by every ``train.py`` / ``eval.py``.
 
-Each ``add_*_args(parser, **defaults)`` adds one argparse group; keyword arguments override the defaults
-so a method can match its official values, e.g. ``add_optim_args(p, lr=1e-4, lr_scheduler="cosine")``.
-An unknown default name is an error (catches typos).  Flag names follow the TransVG family
+Each ``add_*_args(parser, skip=(), **defaults)`` adds one argparse group; keyword arguments override the
+defaults so a method can match its official values, e.g. ``add_optim_args(p, lr=1e-4, lr_scheduler="cosine")``,
+and ``skip`` leaves out the flags the method does not use, or ``only`` names the ones it uses (a flag that
+does nothing is not offered).
+An unknown name in either is an error (catches typos).
+
+`add_accepted_args` holds the flags an official command line passes but this code does not need: they
+parse, and using one prints a warning that it is ignored.  Flag names follow the TransVG family
 (``--lr_scheduler``, ``--clip_max_norm``, ``--output_dir`` ...).
 
 Distributed: ranks come from the environment (``torchrun`` or ``torch.distributed.launch --use_env``);
@@ -12,10 +17,10 @@ launcher without ``--use_env``, which appends ``--local-rank=<n>``, still parses
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Optional
+import sys
+from typing import Any, Dict, Iterable, Optional
 
-__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_common_args",
-           "build_parser", "str2bool"]
+__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_accepted_args", "str2bool"]
 
 
 def str2bool(v) -> bool:
@@ -29,18 +34,33 @@ def str2bool(v) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
-def _apply(group, specs: Dict[str, tuple], defaults: Dict[str, Any], fn: str) -> None:
-    unknown = set(defaults) - set(specs)
+def _apply(group, specs: Dict[str, tuple], defaults: Dict[str, Any], fn: str, skip: Iterable[str] = (),
+           only: Optional[Iterable[str]] = None) -> None:
+    if isinstance(skip, str) or isinstance(only, str):
+        raise TypeError(f"{fn}: skip / only take a collection of flag names, not a string")
+    if only is not None:
+        only = set(only)
+        if skip or only - set(specs):
+            raise TypeError(f"{fn}: give skip or only, with known names; known: {sorted(specs)}")
+        skip = set(specs) - only
+    skip = set(skip)
+    unknown = (set(defaults) | skip) - set(specs)
     if unknown:
-        raise TypeError(f"{fn}: unknown default(s) {sorted(unknown)}; known: {sorted(specs)}")
+        raise TypeError(f"{fn}: unknown flag name(s) {sorted(unknown)}; known: {sorted(specs)}")
+    clash = set(defaults) & skip
+    if clash:
+        raise TypeError(f"{fn}: {sorted(clash)} both skipped and given a default")
     for dest, (flags, kw) in specs.items():
+        if dest in skip:
+            continue
         kw = dict(kw)
         if dest in defaults:
             kw["default"] = defaults[dest]
         group.add_argument(*flags, dest=dest, **kw)
 
 
-def add_data_args(parser: argparse.ArgumentParser, **defaults) -> argparse._ArgumentGroup:
+def add_data_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), only: Optional[Iterable[str]] = None,
+                  **defaults) -> argparse._ArgumentGroup:
     g = parser.add_argument_group("data")
     specs = {
         "data_root": (["--data_root"], dict(default="./ln_data", help="images root (per dataset sub-folders)")),
@@ -56,13 +76,13 @@ def add_data_args(parser: argparse.ArgumentParser, **defaults) -> argparse._Argu
         "num_workers": (["--num_workers"], dict(type=int, default=4)),
         "batch_size": (["--batch_size"], dict(type=int, default=32, help="per process")),
         "eval_batch_size": (["--eval_batch_size"], dict(type=int, default=None, help="per process; default = --batch_size")),
-        "synthetic": (["--synthetic"], dict(action="store_true", help="use the procedural synthetic dataset")),
     }
-    _apply(g, specs, defaults, "add_data_args")
+    _apply(g, specs, defaults, "add_data_args", skip, only)
     return g
 
 
-def add_optim_args(parser: argparse.ArgumentParser, **defaults) -> argparse._ArgumentGroup:
+def add_optim_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), only: Optional[Iterable[str]] = None,
+                   **defaults) -> argparse._ArgumentGroup:
     g = parser.add_argument_group("optimisation")
     specs = {
         "optimizer": (["--optimizer"], dict(default="adamw", choices=["adamw", "adam", "sgd"])),
@@ -86,11 +106,12 @@ def add_optim_args(parser: argparse.ArgumentParser, **defaults) -> argparse._Arg
         "ema": (["--ema"], dict(type=str2bool, nargs="?", const=True, default=False)),
         "ema_decay": (["--ema_decay"], dict(type=float, default=0.999)),
     }
-    _apply(g, specs, defaults, "add_optim_args")
+    _apply(g, specs, defaults, "add_optim_args", skip, only)
     return g
 
 
-def add_dist_args(parser: argparse.ArgumentParser, **defaults) -> argparse._ArgumentGroup:
+def add_dist_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), only: Optional[Iterable[str]] = None,
+                  **defaults) -> argparse._ArgumentGroup:
     g = parser.add_argument_group("distributed")
     specs = {
         "dist_backend": (["--dist_backend"], dict(default=None, help="nccl | gloo (default: nccl on CUDA, gloo on CPU)")),
@@ -100,41 +121,54 @@ def add_dist_args(parser: argparse.ArgumentParser, **defaults) -> argparse._Argu
         "local_rank": (["--local_rank", "--local-rank"], dict(type=int, default=None,
                                                              help="set by the legacy launcher; ranks are read from the environment")),
     }
-    _apply(g, specs, defaults, "add_dist_args")
+    _apply(g, specs, defaults, "add_dist_args", skip, only)
     return g
 
 
-def add_logging_args(parser: argparse.ArgumentParser, **defaults) -> argparse._ArgumentGroup:
+def add_logging_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), only: Optional[Iterable[str]] = None,
+                     **defaults) -> argparse._ArgumentGroup:
     g = parser.add_argument_group("logging / output")
     specs = {
         "output_dir": (["--output_dir"], dict(default="./outputs")),
         "resume": (["--resume"], dict(default="", help="vgcore checkpoint to resume from (exact resume)")),
-        "load": (["--load"], dict(default="", help="model weights to start from / evaluate")),
         "seed": (["--seed"], dict(type=int, default=13)),
-        "eval_only": (["--eval_only"], dict(action="store_true")),
         "log_every": (["--log_every"], dict(type=int, default=50, help="batches between log lines")),
         "checkpoint_every_steps": (["--checkpoint_every_steps"], dict(type=int, default=0,
                                                                       help="mid-epoch checkpoints (optimizer steps); 0 = per epoch only")),
         "eval_every": (["--eval_every"], dict(type=int, default=1, help="epochs between evaluations")),
         "max_steps": (["--max_steps"], dict(type=int, default=None, help="stop each epoch after this many batches (debug)")),
+        "stop_after_steps": (["--stop_after_steps"], dict(type=int, default=None,
+                                                          help="stop the run after this many batches in total "
+                                                               "(checkpointed; continue with --resume)")),
         "tensorboard": (["--tensorboard"], dict(type=str2bool, nargs="?", const=True, default=True)),
     }
-    _apply(g, specs, defaults, "add_logging_args")
+    _apply(g, specs, defaults, "add_logging_args", skip, only)
     return g
 
 
-def add_common_args(parser: argparse.ArgumentParser, data: Optional[dict] = None, optim: Optional[dict] = None,
-                    dist: Optional[dict] = None, logging: Optional[dict] = None) -> argparse.ArgumentParser:
-    """All four groups; each dict holds that group's default overrides."""
-    add_data_args(parser, **(data or {}))
-    add_optim_args(parser, **(optim or {}))
-    add_dist_args(parser, **(dist or {}))
-    add_logging_args(parser, **(logging or {}))
-    return parser
+class _Ignored(argparse.Action):
+    """Parses like the official flag; warns on stderr that it has no effect here."""
+
+    def __init__(self, option_strings, dest, why: str = "", **kw):
+        self.why = why
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values if self.nargs != 0 else True)
+        print(f"warning: {option_string} is accepted for official command lines and ignored"
+              + (f" ({self.why})" if self.why else ""), file=sys.stderr)
 
 
-def build_parser(description: str = "", add_help: bool = True, **groups) -> argparse.ArgumentParser:
-    """``argparse.ArgumentParser`` with the common groups (``groups``: data=..., optim=..., dist=..., logging=...)."""
-    p = argparse.ArgumentParser(description, add_help=add_help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    return add_common_args(p, **groups)
+def add_accepted_args(parser: argparse.ArgumentParser, flags: Dict[str, str], valued: Iterable[str] = ()
+                      ) -> Optional[argparse._ArgumentGroup]:
+    """One group "accepted for official command lines" with ``flags`` (``{"--name": "why it is ignored"}``).
+
+    A flag in ``valued`` takes one value, the others none; using any of them prints a warning."""
+    if not flags:
+        return None
+    g = parser.add_argument_group("accepted for official command lines (ignored, with a warning)")
+    valued = set(valued)
+    for flag, why in flags.items():
+        g.add_argument(flag, action=_Ignored, why=why, nargs=None if flag in valued else 0,
+                       default=None, help=f"ignored: {why}")
+    return g

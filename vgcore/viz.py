@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["to_pil", "draw_grounding", "save_grid"]
+from .data.image import load_image
+
+__all__ = ["to_pil", "draw_grounding", "save_grid", "save_prediction_grid"]
 
 Color = Tuple[int, int, int]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,3 +114,11 @@ def save_grid(images: Sequence, path: Union[str, Path], ncol: int = 4, pad: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return grid
+
+
+def save_prediction_grid(records: Sequence, pred_boxes: Sequence, path: Union[str, Path], ncol: int = 4) -> Image.Image:
+    """One tile per record (its original image, ``pred_boxes[i]`` [K,4] xyxy original pixels in red, its
+    ground-truth boxes in green, its expression below), tiled by `save_grid` into ``path``."""
+    tiles = [draw_grounding(load_image(r.image_path, r), pred_boxes=b, gt_boxes=r.boxes, text=r.expression)
+             for r, b in zip(records, pred_boxes)]
+    return save_grid(tiles, path, ncol=ncol)

@@ -139,8 +139,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=0.1)
     g.add_argument("--norm", default="bn", choices=["bn", "none"])
     g.add_argument("--augment_noise", type=float, default=0.05)
-    g.add_argument("--stop_after_steps", type=int, default=None,
-                   help="simulate a crash: stop after this many batches in total (no final checkpoint)")
     return p
 
 

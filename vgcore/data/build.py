@@ -1,6 +1,9 @@
-"""From command-line arguments to records: where each official layout keeps its annotations and images.
+"""From command-line arguments to records and loaders: where each official layout keeps its annotations and
+images, and the one way records become batches.
 
-`load_split(fmt, dataset, split, ...)` is the one call a ``train.py`` / ``eval.py`` makes.  It knows the
+`load_split(fmt, dataset, split, ...)` is the one call a method makes for its records;
+`build_grounding_loader(records, transform, tokenizer, ...)` turns them into a loader (the dataset, collate and
+sampler wiring every method shares) and `single_batch` makes the one-image batch of ``predict.py``.  It knows the
 official directory layouts so that a user points ``--split_root`` / ``--data_root`` at the same folders the
 official code reads, and ``--image_root`` overrides the image folder for everything (the synthetic data,
 or any custom layout).
@@ -19,13 +22,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
+import numpy as np
+import torch
+
+from ..dist import build_loader
+from .dataset import Collate, GroundingDataset
 from .formats import refer as refer_fmt
 from .formats import seqtr as seqtr_fmt
 from .formats import transvg as transvg_fmt
+from .image import load_image
+from .sample import Record
 
-__all__ = ["image_roots", "load_split", "SEQTR_DIRS", "REFER_DATASETS"]
+__all__ = ["image_roots", "load_split", "default_workers", "build_grounding_loader", "single_batch", "SEQTR_DIRS",
+           "REFER_DATASETS"]
 
 _COCO_SETS = {"unc", "unc+", "gref", "gref_umd", "refcoco", "refcoco+", "refcocoplus", "refcocog",
               "refcocogumd", "refcocoggoogle", "grefcoco", "cocoall"}
@@ -111,3 +122,22 @@ def default_workers(requested: Optional[int]) -> int:
     if requested is not None:
         return requested
     return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def build_grounding_loader(records: Sequence, transform, tokenizer, *, batch_size: int, train: bool, seed: int = 0,
+                           num_workers: Optional[int] = None, load_masks: bool = False):
+    """`GroundingDataset` over ``records`` + its collate + `vgcore.dist.build_loader` (train: shuffled, drop last,
+    ``set_epoch``; eval: every sample exactly once over the ranks).  ``num_workers`` None = `default_workers`."""
+    if not records:
+        raise ValueError("build_grounding_loader: no records")
+    dataset = GroundingDataset(list(records), transform, tokenizer=tokenizer, load_masks=load_masks, on_error="raise")
+    return build_loader(dataset, batch_size, train=train, seed=seed, num_workers=default_workers(num_workers),
+                        collate_fn=Collate(tokenizer), drop_last=train, pin_memory=torch.cuda.is_available())
+
+
+def single_batch(image_path: str, text: str, transform, tokenizer, device="cpu"):
+    """The `Batch` of one image and one expression (no annotation: the target is the whole image), on ``device``."""
+    w, h = load_image(image_path).size
+    rec = Record(image_path=image_path, expression=text, boxes=np.array([[0, 0, w, h]], np.float32), height=h, width=w)
+    ds = GroundingDataset([rec], transform, tokenizer=tokenizer)
+    return Collate(tokenizer)([ds[0]]).to(device)

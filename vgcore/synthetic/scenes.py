@@ -75,8 +75,12 @@ from typing import Optional, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..data.formats.refer import write_refer
+from ..data.formats.seqtr import write_seqtr
+from ..data.formats.transvg import write_split
 from ..data.masks import decode_mask
 from ..data.sample import Record
+from ..text import build_wordpiece_vocab, train_sentencepiece
 
 __all__ = [
     "KINDS", "COLORS", "SIZES", "VOCAB", "SPLITS", "KIND_GROUPS", "CATEGORY_IDS",
@@ -713,64 +717,41 @@ def _corpus_extra() -> list:
     return out
 
 
-def _try_import(modname: str, attr: str):
-    try:
-        mod = __import__(modname, fromlist=[attr])
-        return getattr(mod, attr)
-    except (ImportError, AttributeError) as e:
-        return e
-
-
-def _write_formats(out: Path, by_split: dict, grec_by_split: dict, formats: Sequence[str], log) -> dict:
+def _write_formats(out: Path, by_split: dict, grec_by_split: dict, formats: Sequence[str]) -> dict:
     written = {}
     if "transvg" in formats:
-        write_split = _try_import("vgcore.data.formats.transvg", "write_split")
-        if isinstance(write_split, Exception):
-            log(f"[synthetic] transvg writer unavailable ({write_split}); skipped")
-        else:
-            files = []
-            for split, recs in by_split.items():
-                p = out / "split" / "data" / "unc" / f"unc_{split}.pth"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                write_split(recs, str(p), "unc", variant="hivg")
-                files.append(str(p.relative_to(out)))
-            umd = {"train": by_split.get("train", []), "val": by_split.get("val", []),
-                   "test": by_split.get("testA", []) + by_split.get("testB", [])}
-            for split, recs in umd.items():
-                p = out / "split" / "data" / "gref_umd" / f"gref_umd_{split}.pth"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                write_split([r.replace(split=split) for r in recs], str(p), "gref_umd", variant="hivg")
-                files.append(str(p.relative_to(out)))
-            written["transvg"] = files
-    if "refer" in formats:
-        write_refer = _try_import("vgcore.data.formats.refer", "write_refer")
-        if isinstance(write_refer, Exception):
-            log(f"[synthetic] refer writer unavailable ({write_refer}); skipped")
-        else:
-            allrec = [r for recs in by_split.values() for r in recs]
-            write_refer(allrec, str(out / "refer"), "refcoco", "unc", categories=CATEGORY_IDS, grefs=False)
-            written["refer"] = ["refer/refcoco"]
-            if grec_by_split:
-                try:
-                    write_refer([r for recs in grec_by_split.values() for r in recs], str(out / "refer"),
-                                "grefcoco", "unc", categories=CATEGORY_IDS, grefs=True)
-                    written["refer_grec"] = ["refer/grefcoco"]
-                except Exception as e:  # the refer writer may not support multi/no-target refs
-                    log(f"[synthetic] refer writer could not write the grec split ({e}); skipped")
-    if "seqtr" in formats:
-        write_seqtr = _try_import("vgcore.data.formats.seqtr", "write_seqtr")
-        if isinstance(write_seqtr, Exception):
-            log(f"[synthetic] seqtr writer unavailable ({write_seqtr}); skipped")
-        else:
-            p = out / "seqtr" / "annotations" / "refcoco-unc" / "instances.json"
+        files = []
+        for split, recs in by_split.items():
+            p = out / "split" / "data" / "unc" / f"unc_{split}.pth"
             p.parent.mkdir(parents=True, exist_ok=True)
-            write_seqtr(by_split, str(p), grec=False)
-            written["seqtr"] = [str(p.relative_to(out))]
-            if grec_by_split:
-                p = out / "seqtr" / "annotations" / "grefs" / "instances.json"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                write_seqtr(grec_by_split, str(p), grec=True)
-                written["seqtr_grec"] = [str(p.relative_to(out))]
+            write_split(recs, str(p), "unc", variant="hivg")
+            files.append(str(p.relative_to(out)))
+        umd = {"train": by_split.get("train", []), "val": by_split.get("val", []),
+               "test": by_split.get("testA", []) + by_split.get("testB", [])}
+        for split, recs in umd.items():
+            p = out / "split" / "data" / "gref_umd" / f"gref_umd_{split}.pth"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            write_split([r.replace(split=split) for r in recs], str(p), "gref_umd", variant="hivg")
+            files.append(str(p.relative_to(out)))
+        written["transvg"] = files
+    if "refer" in formats:
+        allrec = [r for recs in by_split.values() for r in recs]
+        write_refer(allrec, str(out / "refer"), "refcoco", "unc", categories=CATEGORY_IDS, grefs=False)
+        written["refer"] = ["refer/refcoco"]
+        if grec_by_split:
+            write_refer([r for recs in grec_by_split.values() for r in recs], str(out / "refer"),
+                        "grefcoco", "unc", categories=CATEGORY_IDS, grefs=True)
+            written["refer_grec"] = ["refer/grefcoco"]
+    if "seqtr" in formats:
+        p = out / "seqtr" / "annotations" / "refcoco-unc" / "instances.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_seqtr(by_split, str(p), grec=False)
+        written["seqtr"] = [str(p.relative_to(out))]
+        if grec_by_split:
+            p = out / "seqtr" / "annotations" / "grefs" / "instances.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            write_seqtr(grec_by_split, str(p), grec=True)
+            written["seqtr_grec"] = [str(p.relative_to(out))]
     return written
 
 
@@ -789,24 +770,16 @@ def _strip_spm_prefix(model_file: str) -> None:
         f.write(m.SerializeToString(deterministic=True))
 
 
-def _write_tokenizers(out: Path, sentences: list, log) -> dict:
+def _write_tokenizers(out: Path, sentences: list) -> dict:
     tdir = out / "tokenizers"
     tdir.mkdir(parents=True, exist_ok=True)
     res = {}
-    bwv = _try_import("vgcore.text", "build_wordpiece_vocab")
-    if isinstance(bwv, Exception):
-        log(f"[synthetic] vgcore.text.build_wordpiece_vocab unavailable ({bwv}); no vocab.txt")
-    else:
-        bwv(sentences, str(tdir / "vocab.txt"))
-        res["wordpiece"] = "tokenizers/vocab.txt"
-    tsp = _try_import("vgcore.text", "train_sentencepiece")
-    if isinstance(tsp, Exception):
-        log(f"[synthetic] vgcore.text.train_sentencepiece unavailable ({tsp}); no spm.model")
-    else:
-        # BPE (as XLM-R's sentencepiece.bpe.model) with room for every word of the closed vocabulary as one piece
-        model = tsp(sentences, str(tdir / "spm"), 200, model_type="bpe")
-        _strip_spm_prefix(model)
-        res["sentencepiece"] = "tokenizers/spm.model"
+    build_wordpiece_vocab(sentences, str(tdir / "vocab.txt"))
+    res["wordpiece"] = "tokenizers/vocab.txt"
+    # BPE (as XLM-R's sentencepiece.bpe.model) with room for every word of the closed vocabulary as one piece
+    model = train_sentencepiece(sentences, str(tdir / "spm"), 200, model_type="bpe")
+    _strip_spm_prefix(model)
+    res["sentencepiece"] = "tokenizers/spm.model"
     return res
 
 
@@ -855,13 +828,13 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
     t_img = time.time() - t0
     with open(out / "scenes.json", "w") as f:
         json.dump(scenes, f, sort_keys=True)
-    written = _write_formats(out, by_split, grec_by_split, formats, log)
+    written = _write_formats(out, by_split, grec_by_split, formats)
     tok = {}
     if tokenizers:
         corpus = [r.expression for r in by_split.get("train", [])] + _corpus_extra()
         if grec:
             corpus += [r.expression for r in grec_by_split.get("train", [])]
-        tok = _write_tokenizers(out, corpus, log)
+        tok = _write_tokenizers(out, corpus)
     from .baselines import noun_only_baseline, trivial_baselines
 
     def stats(recs, train):
