@@ -84,7 +84,8 @@ def test_hivg_loaders_refuse(payload, tmp_path):
     from hivg import convert
     from hivg.recipes import build_hivg
     from hivg.weights import load_pretrained
-    from hivg.eval import build_for_eval, get_args_parser
+    from hivg.eval import get_args_parser
+    from hivg.method import load as build_for_eval
     p = str(payload["ckpt"])
     args = get_args_parser().parse_args(["--eval_model", p, "--model", "tiny", "--enable_adaptive_weights"])
     _refused(build_for_eval, args)
@@ -103,11 +104,13 @@ def test_hivg_loaders_refuse(payload, tmp_path):
 def test_simvg_and_beit3_loaders_refuse(payload, tmp_path):
     from simvg import convert
     from simvg.weights import load_weights_into, read_weights
-    from simvg.eval import build_for_eval, get_args_parser
+    from simvg.eval import get_args_parser
+    from simvg.method import load as build_for_eval, prepare
     from simvg.model import build_model
     from vgcore.models.beit3 import load_beit3_pretrained
     for p in (str(payload["ckpt"]), str(payload["official_simvg"])):
         args = get_args_parser().parse_args(["--load_from", p, "--backbone", "tiny"])
+        prepare(args)
         _refused(build_for_eval, args)
         _refused(read_weights, p)
         _refused(load_weights_into, None, p)

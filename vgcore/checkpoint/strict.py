@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Iterable, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 
@@ -24,17 +24,20 @@ def _ranges(ids: List[int]) -> str:
 
 def group_keys(keys: Iterable[str], limit: int = 40) -> List[str]:
     """Keys grouped by pattern, numeric path parts replaced by ``*`` with the indices listed:
-    ``blocks.0.attn.q.weight .. blocks.11.attn.q.weight`` -> ``blocks.*.attn.q.weight  [0-11]``."""
+    ``blocks.0.attn.q.weight .. blocks.11.attn.q.weight`` -> ``blocks.*.attn.q.weight  [0-11]``.
+    A pattern that only one key has is shown as that key."""
     groups: "OrderedDict[str, List[List[int]]]" = OrderedDict()
+    names: Dict[str, str] = {}
     for k in sorted(keys):
         parts = k.split(".")
         nums = [int(p) for p in parts if p.isdigit()]
         pat = ".".join("*" if p.isdigit() else p for p in parts)
         groups.setdefault(pat, []).append(nums)
+        names[pat] = k
     lines = []
     for pat, idx in groups.items():
-        if not idx[0]:
-            lines.append(pat)
+        if len(idx) == 1 or not idx[0]:
+            lines.append(names[pat] if len(idx) == 1 else pat)
             continue
         cols = ["[" + _ranges([n[i] for n in idx]) + "]" for i in range(len(idx[0]))]
         lines.append(f"{pat}  {' '.join(cols)}")
