@@ -63,11 +63,14 @@ def _commands(stdout: str) -> list[list[str]]:
 
 
 def _launch_target(argv: list[str]) -> tuple[str, list[str]] | None:
-    """(script path, its argv) for a torch.distributed.launch command, else None."""
-    if "torch.distributed.launch" not in argv:
-        return None
-    i = argv.index("--use_env")
-    return argv[i + 1], argv[i + 2:]
+    """(script path, its argv) for a torch.distributed.launch / torch.distributed.run command, else None."""
+    if "torch.distributed.launch" in argv:
+        i = argv.index("--use_env")
+        return argv[i + 1], argv[i + 2:]
+    if "torch.distributed.run" in argv:
+        i = next(j for j, a in enumerate(argv) if a.startswith("--master_port="))
+        return argv[i + 1], argv[i + 2:]
+    return None
 
 
 def _flags(argv: list[str]) -> dict[str, list[str]]:
@@ -165,9 +168,9 @@ def test_unknown_dataset_is_rejected():
 
 
 def test_ngpu_env_is_used():
-    out = _dry_run("simvg/train_onestage_base.sh", ("refcoco",), extra_env=(("NGPU", "3"),))
+    out = _dry_run("simvg/train_onestage_base.sh", ("refcoco",), extra_env=(("NGPU", "4"),))
     launches = [c for c in _commands(out) if "torch.distributed.launch" in c]
-    assert launches and all("--nproc_per_node=3" in c for c in launches)
+    assert launches and all("--nproc_per_node=4" in c for c in launches)
     # the official GPU counts are the defaults: HiVG 7, SimVG single-dataset 1
     assert "--nproc_per_node=7" in _dry_run("hivg/train_finetune_base.sh", ("unc",))
     assert "--nproc_per_node=1" in _dry_run("simvg/train_onestage_base.sh", ("refcoco",))

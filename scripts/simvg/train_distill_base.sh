@@ -4,7 +4,7 @@
 # mixed: 15 epochs, decay at 10, token 2.0 / distill 1.0; cocoall: 20 epochs, decay at 15, token 1.0 /
 # distill 0.4. Initialised with --finetune_from the pre-training det_best.pth (README: "--load-from
 # <pth/of/pretrain>"); DISTILL_FROM=<file> overrides (e.g. a fine-tuned checkpoint).
-# Paper rows: SimVG-TB ViT-B with pre-training (numbers in the paper PDF only, spec §2.2).
+# Paper rows: SimVG-TB ViT-B with pre-training (numbers in the paper PDF only).
 #
 # Usage: scripts/simvg/train_distill_base.sh [--dry-run] [mixed|cocoall] [DATASET ...]
 #   first argument: the pre-training source (default cocoall); DATASET in: refcoco refcocoplus refcocog

@@ -3,7 +3,7 @@
 # together with dynamic weight-balance distillation (token 2.0, distill 1.0), lr 5e-4, batch 32 on one GPU,
 # 30 epochs (warm-up 3, decay at 25); gRefCOCO: 10 queries, 200 epochs (decay at 180), no LSJ.
 # Paper rows: SimVG ViT-B single-dataset (SimVG-DB / SimVG-TB rows of the paper's tables; the numbers are not
-# in the material we could read, spec §2.2 - copy them from the PDF) and the gRefCOCO GREC row
+# in the material we could read - copy them from the PDF) and the gRefCOCO GREC row
 # (val 62.1/54.7, testA 64.6/57.2, testB 54.8/57.2 Pr@(F1=1)/N-acc, secondary source).
 #
 # Usage: scripts/simvg/train_onestage_base.sh [--dry-run] [DATASET ...]

@@ -4,7 +4,7 @@
 #   cocoall configs/mix/ViT-base/pretrain-cocoall.py (RefCOCO/+/g without the google split, 28K images, 512)
 # The pre-trained model is the starting point of train_finetune_base.sh / train_distill_base.sh (the paper's
 # "pre-trained" ViT-B rows; secondary source: RefCOCO 91.47/93.65/87.94, RefCOCO+ 84.83/88.85/79.12,
-# RefCOCOg 86.30/87.26 for SimVG-DB ViT-B with RefCOCO/+/g pre-training, spec §2.2).
+# RefCOCOg 86.30/87.26 for SimVG-DB ViT-B with RefCOCO/+/g pre-training).
 # Evaluates the pre-trained model on RefCOCO, RefCOCO+ and RefCOCOg splits.
 #
 # Usage: scripts/simvg/train_pretrain_base.sh [--dry-run] [mixed|cocoall ...]   (default: cocoall)

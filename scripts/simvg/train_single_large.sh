@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the SimVG README model-zoo row "SimVG (ViT-L/32, DB), single-dataset" (spec §2.1):
+# Reproduces the SimVG README model-zoo row "SimVG (ViT-L/32, DB), single-dataset":
 #   RefCOCO 90.51/92.37/87.07, RefCOCO+ 84.88/88.50/78.66, RefCOCOg val-g 80.42, val-u/test-u 85.72/86.70,
 #   Flickr30k 78.75, ReferIt 83.15 (decoder-branch accuracy, decoderDet@.5).
 # Official configs configs/single/ViT-large/<ds>/<ds>_{twostage_1,twostage_2,onestage}.py (batch 4 on one

@@ -3,8 +3,8 @@
 # lr 5e-4, 30 epochs; batch 16 + EMA for refcoco/+/g/g-google, batch 32 without EMA for referit/flickr30k),
 # then stage 2 <ds>_twostage_2.py (--load_from the stage-1 det_best.pth; DB + DWBD token 2.0 / distill 1.0,
 # lr 3e-4, 20 epochs, decay at 15); gRefCOCO: 200 + 100 epochs, 10 queries, no LSJ.
-# Paper rows: SimVG ViT-B single-dataset, two-stage (numbers only in the paper PDF, spec §2.2).
-# Note (spec §12.12): stage 2 loads the stage-1 raw weights, not the EMA weights, as the official code does.
+# Paper rows: SimVG ViT-B single-dataset, two-stage (numbers only in the paper PDF).
+# Note: stage 2 loads the stage-1 raw weights, not the EMA weights, as the official code does.
 #
 # Usage: scripts/simvg/train_twostage_base.sh [--dry-run] [DATASET ...]
 #   DATASET in: refcoco refcocoplus refcocog refcocoggoogle referit flickr30k grefcoco (default: all seven)
