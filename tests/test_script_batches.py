@@ -116,15 +116,26 @@ def test_several_machines_use_torchrun():
 
 
 def test_hivg_mixup_stages_start_from_last_checkpoint():
-    """Official train_mixup_grounding_pretraining_base.sh: stage k's --hi_lora_retrain is the previous phase's
-    checkpoint.pth; the large script hands over best_checkpoint.pth."""
-    for script, first, name in (("hivg/train_mixup_base.sh", "warmup", "checkpoint.pth"),
-                                ("hivg/train_mixup_large.sh", "warm2", "best_checkpoint.pth")):
-        runs = [a for _, a in _train_launches(_dry(script))]
-        stages = [a for a in runs if _flag(a, "--hi_lora_stage")]
-        prev = [first, "stage1", "stage2"]
-        assert [_flag(a, "--hi_lora_retrain") for a in stages] == [
-            f"./outputs/hivg/{script.split('_', 1)[1][:-3]}/{p}/{name}" for p in prev]
+    """Official train_mixup_grounding_pretraining_base.sh: stage k starts from the previous phase's last-epoch
+    checkpoint.pth plus the clip_lora_stage_with_bridge.pth an evaluation of its best_checkpoint.pth wrote
+    (--save_hilora_clip); the large script hands over best_checkpoint.pth."""
+    out = _dry("hivg/train_mixup_base.sh")
+    cmds = [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("+ ")]
+    root = "./outputs/hivg/mixup_base"
+    for k, prev in enumerate(["warmup", "stage1", "stage2"], 1):
+        i = next(i for i, a in enumerate(cmds) if _flag(a, "--hi_lora_stage") == str(k) and "hivg/train.py" in a)
+        train = cmds[i]
+        assert _flag(train, "--hi_lora_retrain") == f"{root}/{prev}/checkpoint.pth"
+        assert _flag(train, "--hi_lora_clip") == f"{root}/{prev}/clip_lora_stage_with_bridge.pth"
+        # the file is written before, by an evaluation of the previous phase's best model into its folder
+        writers = [a for a in cmds[:i] if "--save_hilora_clip" in a]
+        assert writers and _flag(writers[-1], "--eval_model") == f"{root}/{prev}/best_checkpoint.pth"
+        assert _flag(writers[-1], "--output_dir") == f"{root}/{prev}" and "hivg/eval.py" in writers[-1]
+    runs = [a for _, a in _train_launches(_dry("hivg/train_mixup_large.sh"))]
+    stages = [a for a in runs if _flag(a, "--hi_lora_stage")]
+    assert [_flag(a, "--hi_lora_retrain") for a in stages] == [
+        f"./outputs/hivg/mixup_large/{p}/best_checkpoint.pth" for p in ("warm2", "stage1", "stage2")]
+    assert not any(_flag(a, "--hi_lora_clip") for a in stages)
 
 
 def test_simvg_eval_uses_config_batch():

@@ -15,9 +15,8 @@
 #
 # Stage hand-over (one checkpoint): every phase writes <run>/<phase>/best_checkpoint.pth holding the
 # whole model (CLIP + the one LoRA adapter set + bridge + fusion + heads). HiLoRA stage k starts from
-# the previous phase's best_checkpoint.pth via --hi_lora_retrain (base mixup: the last-epoch checkpoint.pth,
-# as the official script); the L/14 warm-2 phase starts from
-# warm-1 via --retrain (weights only; the bridge is new). No --hi_lora_clip / --save_hilora_clip files.
+# the previous phase's best_checkpoint.pth via --hi_lora_retrain (base mixup differs, see hivg_mixup); the
+# L/14 warm-2 phase starts from warm-1 via --retrain (weights only; the bridge is new).
 
 HIVG_DATASETS=(unc unc+ gref_umd referit flickr)
 # Every official HiVG training script ran on 7 GPUs (--nproc_per_node=7); batch sizes are per GPU.
@@ -190,25 +189,30 @@ hivg_mixup_eval() {
     done
 }
 
-# hivg_mixup SIZE ROOT: dataset-mixed pre-training (train_mixup_grounding_pretraining_<size>.sh) into ROOT/<phase>, then evaluation.
+# hivg_mixup SIZE ROOT: dataset-mixed pre-training (train_mixup_grounding_pretraining_<size>.sh) into
+# ROOT/<phase>, then evaluation.
+# Hand-over between phases as in the official scripts. Base: HiLoRA stage k starts from the previous phase's
+# last-epoch checkpoint.pth (heads, fusion) plus the CLIP towers, LoRA and bridges of its best_checkpoint.pth,
+# which an evaluation with --save_hilora_clip writes as clip_lora_stage_with_bridge.pth (--hi_lora_clip).
+# Large: every stage starts from the previous phase's best_checkpoint.pth.
 hivg_mixup() {
     local size="$1" root="$2" arch prev k
     arch=$(hivg_arch "$size")
     local first=warmup; [[ "$size" == base ]] || first=warm1
     hivg_clip_args "$size" "$first"; local clip=("${HIVG_CLIP[@]+"${HIVG_CLIP[@]}"}")
     # shellcheck disable=SC2206
-    local model=($arch --dataset mixup --mixup_pretrain)
-    local lrs=(1e-4 5e-5 2e-5) stage_ep bs handover
+    local archv=($arch)
+    local model=("${archv[@]}" --dataset mixup --mixup_pretrain)
+    local lrs=(1e-4 5e-5 2e-5) stage_ep bs from=()
     if [[ "$size" == base ]]; then
         bs=64; stage_ep=20
         vg_section "HiVG-B mixup warm-up"
         if hivg_want warmup; then
             hivg_train "$root/warmup" 64 "${model[@]}" --epochs 60 --lr 2.5e-4 "${clip[@]+"${clip[@]}"}"
+            hivg_eval "$root/warmup" "$root/warmup/best_checkpoint.pth" mixup 64 "${archv[@]}" --mixup_pretrain \
+                --save_hilora_clip
         fi
-        # official (train_mixup_grounding_pretraining_base.sh): stages 1, 2 and 3 each start from the
-        # previous phase's last-epoch checkpoint.pth; the large script hands over best_checkpoint.pth
-        handover=checkpoint.pth
-        prev="$root/warmup/$handover"
+        prev="$root/warmup"
     else
         bs=32; stage_ep=10
         vg_section "HiVG-L mixup warm-1 (--warmup, no bridge)"
@@ -221,16 +225,24 @@ hivg_mixup() {
             hivg_train "$root/warm2" 32 "${model[@]}" --epochs 30 --lr 2.5e-4 \
                 --retrain "$root/warm1/best_checkpoint.pth"
         fi
-        handover=best_checkpoint.pth
-        prev="$root/warm2/$handover"
+        prev="$root/warm2"
     fi
     for k in 1 2 3; do
         vg_section "HiVG-${size} mixup HiLoRA stage $k"
+        if [[ "$size" == base ]]; then
+            from=(--hi_lora_retrain "$prev/checkpoint.pth" --hi_lora_clip "$prev/clip_lora_stage_with_bridge.pth")
+        else
+            from=(--hi_lora_retrain "$prev/best_checkpoint.pth")
+        fi
         if hivg_want "stage$k"; then
             hivg_train "$root/stage$k" "$bs" "${model[@]}" --hi_lora_stage "$k" --epochs "$stage_ep" \
-                --lr "${lrs[$((k-1))]}" --hi_lora_retrain "$prev"
+                --lr "${lrs[$((k-1))]}" "${from[@]}"
+            if [[ "$size" == base && "$k" != 3 ]]; then
+                hivg_eval "$root/stage$k" "$root/stage$k/best_checkpoint.pth" mixup 64 "${archv[@]}" \
+                    --mixup_pretrain --hi_lora_stage "$k" --save_hilora_clip
+            fi
         fi
-        prev="$root/stage$k/$handover"
+        prev="$root/stage$k"
     done
     if hivg_want eval; then
         hivg_mixup_eval "$size" "$root/stage3/best_checkpoint.pth" "$root/eval"

@@ -6,7 +6,8 @@
 # lr 1e-4 / 5e-5 / 2e-5; then the stage-3 model is evaluated, without fine-tuning, on every split of
 # the five benchmarks (train_mixup_grounding_pretraining_base.sh + eval_mixup_grounding_pretraining_base.sh).
 # As officially, HiLoRA stages 1, 2 and 3 each start from the previous phase's last-epoch checkpoint.pth
-# (not its best_checkpoint.pth).
+# (--hi_lora_retrain: heads and fusion) and from the CLIP towers, LoRA and bridges of its best_checkpoint.pth
+# (--hi_lora_clip clip_lora_stage_with_bridge.pth, written by the evaluation with --save_hilora_clip).
 #
 # Usage: scripts/hivg/train_mixup_base.sh [--dry-run]
 # Env: NGPU (7; NNODES/NODE_RANK/MASTER_ADDR for several machines), OUT_ROOT, DATA_ROOT/HIVG_DATA_ROOT, SPLIT_ROOT, CLIP_DIR, DEBIASED_CLIP_B, STAGES
