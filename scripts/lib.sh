@@ -4,6 +4,8 @@
 #   source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"     # from scripts/<method>/x.sh
 #   vg_init "$@"; set -- "${VG_ARGS[@]+"${VG_ARGS[@]}"}"   # handles --dry-run, cds to the repo root
 #   vg_launch hivg/train.py --lr 1e-4 ...                  # N-GPU launch (printed, or printed and run)
+#   local VG_NPROC VG_BS VG_ACCUM VG_BATCH_ARGS; vg_batch 7 80   # official 7 GPUs x 80: processes, per-GPU
+#   vg_launch hivg/train.py "${VG_BATCH_ARGS[@]}" ...      # batch and accumulation for NGPU x NNODES GPUs
 #
 # Conventions
 # - Dry run: `DRY_RUN=1 bash scripts/x.sh` or `bash scripts/x.sh --dry-run ...` prints every command,

@@ -234,7 +234,8 @@ def test_hivg_mixup_recipe_and_eval_splits():
     assert [f["epochs"][0] for f in tr] == ["60", "20", "20", "20"]
     assert all("mixup_pretrain" in f and f["dataset"] == ["mixup"] and f["batch_size"] == ["64"] for f in tr)
     assert all("enable_adaptive_weights" not in f for f in tr)
-    evals = [(f["dataset"][0], f["eval_set"][0]) for s, f in runs if s == "hivg/eval.py" and "save_hilora_clip" not in f]
+    evals = [(f["dataset"][0], f["eval_set"][0]) for s, f in runs
+             if s == "hivg/eval.py" and "save_hilora_clip" not in f]
     assert len(evals) == 12 and len(set(evals)) == 12
     # the hand-over evaluations of warm-up, stage 1 and stage 2 (official: mixup val and test, --save_hilora_clip)
     writers = [(f["dataset"][0], f["eval_set"][0]) for s, f in runs if s == "hivg/eval.py" and "save_hilora_clip" in f]

@@ -10,8 +10,10 @@
 # (--hi_lora_clip clip_lora_stage_with_bridge.pth, written by the evaluation with --save_hilora_clip).
 #
 # Usage: scripts/hivg/train_mixup_base.sh [--dry-run]
-# Env: NGPU (7; NNODES/NODE_RANK/MASTER_ADDR for several machines), OUT_ROOT, DATA_ROOT/HIVG_DATA_ROOT, SPLIT_ROOT, CLIP_DIR, DEBIASED_CLIP_B, STAGES
+# Env: NGPU (7), OUT_ROOT, DATA_ROOT/HIVG_DATA_ROOT, SPLIT_ROOT, CLIP_DIR, DEBIASED_CLIP_B, STAGES
 #      (warmup stage1 stage2 stage3 eval), HIVG_COMPAT, RESUME, DRY_RUN.
+#      NNODES/NODE_RANK/MASTER_ADDR: several machines (torchrun). Any GPU count keeps the official global batch
+#      (per-GPU batch x gradient accumulation, printed as "# batch: ..." before each training command).
 # Output: $OUT_ROOT/hivg/mixup_base/{warmup,stage1,stage2,stage3}/, eval logs in .../eval/<dataset>/
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

@@ -11,6 +11,8 @@
 # Env: NGPU (1, as official), PRETRAIN_CKPT (default $OUT_ROOT/simvg/pretrain_<source>_base/det_best.pth),
 #      OUT_ROOT, DATA_ROOT/SIMVG_DATA_ROOT, BEIT3_DIR/BEIT3_CKPT_BASE/BEIT3_SPM, STAGES (finetune eval),
 #      SIMVG_COMPAT, RESUME, DRY_RUN.
+#      NNODES/NODE_RANK/MASTER_ADDR: several machines (torchrun). Any GPU count keeps the official global batch
+#      (per-GPU batch x gradient accumulation, printed as "# batch: ..." before each training command).
 # Output: $OUT_ROOT/simvg/finetune_<source>_base/<dataset>/det_best.pth
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

@@ -11,9 +11,11 @@
 # Usage: scripts/simvg/train_pretrain_distill_large.sh [--dry-run] [DATASET ...]
 #   DATASET in: refcoco refcocoplus refcocog (default: all three)
 # Env: NGPU (GPUs per machine; default 8 for pre-training, 1 for distillation as official), NGPU_PRETRAIN
-#      (pre-training only), NNODES/NODE_RANK/MASTER_ADDR (several machines), OUT_ROOT, DATA_ROOT/SIMVG_DATA_ROOT, BEIT3_DIR/BEIT3_CKPT_LARGE/BEIT3_SPM,
+#      (pre-training only), OUT_ROOT, DATA_ROOT/SIMVG_DATA_ROOT, BEIT3_DIR/BEIT3_CKPT_LARGE/BEIT3_SPM,
 #      PRETRAIN_CKPT (skip pre-training and distill from this file), STAGES (pretrain distill eval),
 #      SIMVG_COMPAT, RESUME, DRY_RUN.
+#      NNODES/NODE_RANK/MASTER_ADDR: several machines (torchrun). Any GPU count keeps the official global batch
+#      (per-GPU batch x gradient accumulation, printed as "# batch: ..." before each training command).
 # Output: $OUT_ROOT/simvg/pretrain_cocoall_large/, $OUT_ROOT/simvg/distill_cocoall_large/<dataset>/
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

@@ -11,6 +11,8 @@
 #   DATASET in: refcoco refcocoplus refcocog refcocoggoogle referit flickr30k (default: all six)
 # Env: NGPU (1, as official), SIMVG_RECIPE (twostage|onestage), OUT_ROOT, DATA_ROOT/SIMVG_DATA_ROOT,
 #      BEIT3_DIR/BEIT3_CKPT_LARGE/BEIT3_SPM, STAGES (stage1 stage2 eval | train eval), SIMVG_COMPAT, RESUME, DRY_RUN.
+#      NNODES/NODE_RANK/MASTER_ADDR: several machines (torchrun). Any GPU count keeps the official global batch
+#      (per-GPU batch x gradient accumulation, printed as "# batch: ..." before each training command).
 # Output: $OUT_ROOT/simvg/single_large/<dataset>/{stage1,stage2|onestage}/det_best.pth
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
