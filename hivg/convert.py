@@ -13,6 +13,9 @@ Sources handled (every input key must be mapped or explicitly dropped; otherwise
   * CLIP weights already in our key space (``vision.*``, ``text.*``, projections), e.g. the tag-pretrained
     tiny tower that ``hivg/pretrain_tiny.py`` writes.
 
+The inverse direction, `export_hilora_clip`, writes our CLIP towers + LoRA + bridges in the official
+``clip_lora_stage_with_bridge.pth`` layout (``{'model': model.clip.state_dict()}`` of the official code).
+
 LoRA handling (``lora=``): "keep" copies the adapters (our `LoRALinear.lora_a/lora_b`); "merge" folds
 ``W + (alpha/r) * B @ A`` (alpha = 16 officially, so scale 0.5) and writes zero ``lora_b`` so the result still
 loads strictly into a LoRA-enabled model; "merge_drop" folds and emits no adapter keys (for ``lora_rank=0``).
@@ -40,7 +43,8 @@ import torch
 from vgcore.checkpoint import ConversionError, Rules, convert_state_dict, load_strict, torch_load, unwrap
 from vgcore.checkpoint import check_state_dict as _check_against_model
 
-__all__ = ["ConversionError", "CLIP_RULES", "HEAD_RULES", "OPENAI_RULES", "convert_official", "convert_clip", "infer_official_config",
+__all__ = ["ConversionError", "CLIP_RULES", "HEAD_RULES", "OPENAI_RULES", "TO_HF_RULES", "HILORA_CLIP_FILE",
+           "convert_official", "convert_clip", "infer_official_config", "export_hilora_clip", "save_hilora_clip",
            "load_clip_into", "load_official_model", "check_state_dict", "load_checkpoint_file", "strip_peft_prefix",
            "main"]
 
@@ -269,6 +273,92 @@ def convert_clip(obj, lora: str = "keep", lora_alpha: float = LORA_ALPHA, mixup:
     out, info = _convert_hf_space(hf, lora, drop_bridge_gate=mixup, lora_alpha=lora_alpha)
     info.update(source=source, peft_depth=sorted(depth), dropped=dropped + info["dropped"])
     return out, info
+
+
+# ---------------------------------------------------------------- ours -> official clip_lora_stage_with_bridge.pth
+HILORA_CLIP_FILE = "clip_lora_stage_with_bridge.pth"
+_B = r"blocks\.(\d+)\."
+# our CLIP key -> HF CLIPModel key (the inverse of `CLIP_RULES`); LoRA and adaptive weights are handled apart
+TO_HF_RULES: Rules = [("^" + p + "$", r) for p, r in [
+    (r"text\.token_embedding\.weight", "text_model.embeddings.token_embedding.weight"),
+    (r"text\.pos_embed", "text_model.embeddings.position_embedding.weight"),
+    (r"(text|vision)\." + _B + r"attn\.(q|k|v|out)\.(weight|bias)",
+     lambda m: f"{m.group(1)}_model.encoder.layers.{m.group(2)}.self_attn.{m.group(3)}_proj.{m.group(4)}"),
+    (r"(text|vision)\." + _B + r"ln([12])\.(weight|bias)",
+     lambda m: f"{m.group(1)}_model.encoder.layers.{m.group(2)}.layer_norm{m.group(3)}.{m.group(4)}"),
+    (r"(text|vision)\." + _B + r"mlp\.(fc[12])\.(weight|bias)",
+     lambda m: f"{m.group(1)}_model.encoder.layers.{m.group(2)}.mlp.{m.group(3)}.{m.group(4)}"),
+    (r"text\.ln_final\.(weight|bias)", r"text_model.final_layer_norm.\1"),
+    (r"vision\.class_embedding", "vision_model.embeddings.class_embedding"),
+    (r"vision\.patch_embed\.weight", "vision_model.embeddings.patch_embedding.weight"),
+    (r"vision\.pos_embed", "vision_model.embeddings.position_embedding.weight"),
+    (r"vision\.ln_pre\.(weight|bias)", r"vision_model.pre_layrnorm.\1"),
+    (r"vision\.ln_post\.(weight|bias)", r"vision_model.post_layernorm.\1"),
+    (r"vision\." + _B + r"bridge\.norm\.(weight|bias)", r"vision_model.encoder.layers.\1.cross_norm.\2"),
+    (r"vision\." + _B + r"bridge\.attn\.(q|k|v|out)\.(weight|bias)",
+     r"vision_model.encoder.layers.\1.cross_attn.\2_proj.\3"),
+    (r"vision\." + _B + r"bridge\.mlp\.(fc[12])\.(weight|bias)", r"vision_model.encoder.layers.\1.cross_mlp.\2.\3"),
+    (r"vision\." + _B + r"bridge\.gate\.(weight|bias)", r"vision_model.encoder.layers.\1.cross_gate.\2"),
+    (r"visual_projection\.weight", "visual_projection.weight"),
+    (r"text_projection\.weight", "text_projection.weight"),
+    (r"logit_scale", "logit_scale"),
+]]
+_OWN_ADAPTIVE = re.compile(r"^vision\.blocks\.(\d+)\.bridge\.adaptive_weights$")
+_OWN_LORA = re.compile(r"^(.*)\.lora_([ab])$")
+
+
+def export_hilora_clip(sd: dict, hi_lora_stage: int, mixup: bool = False) -> dict:
+    """Our model state dict -> the official ``clip_lora_stage_with_bridge.pth`` payload
+    ``{'model': {'base_model.model.' x (stage + 1) + HF CLIPModel key: tensor}}``: the CLIP towers, the one
+    LoRA adapter per linear as ``<linear>.lora_A.default.weight`` [r, in] / ``lora_B.default.weight`` [out, r],
+    the bridges as ``vision_model.encoder.layers.<i>.cross_*`` with ``cross_adaptive_weights.<j>.weight``, and
+    the ``position_ids`` buffers of both towers.  Keys outside the CLIP towers (heads, fusion) are left out.
+    ``mixup``: the official mixup model builds ``cross_gate`` / ``cross_adaptive_weights`` but bypasses them
+    (ours has none); they are written as zeros of the official shapes so that the key layout is complete.
+    `convert_clip` (with the same ``mixup``) reads the file back to exactly ``sd``'s CLIP entries."""
+    clip = {k: v for k, v in sd.items() if k.startswith(_OWN_CLIP_PREFIXES)}
+    plain, hf = {}, {}
+    for k, v in clip.items():
+        m = _OWN_ADAPTIVE.match(k)
+        if m:
+            for j, w in enumerate(v.unbind(0)):
+                hf[f"vision_model.encoder.layers.{m.group(1)}.cross_adaptive_weights.{j}.weight"] = w.clone()
+            continue
+        m = _OWN_LORA.match(k)
+        if m:
+            lin = _map_one(m.group(1) + ".weight", TO_HF_RULES)
+            if lin is None:
+                _fail("LoRA adapter on a linear without an official name", [k])
+            hf[lin[: -len("weight")] + f"lora_{m.group(2).upper()}.default.weight"] = v
+            continue
+        plain[k] = v
+    base, report = convert_state_dict(plain, TO_HF_RULES, keep_unmatched=False)
+    if report.unmatched:
+        _fail("CLIP keys without an official name", report.unmatched)
+    hf.update(base)
+    if mixup:
+        n_ctx, d_text = clip["text.pos_embed"].shape
+        d_vis = clip["vision.class_embedding"].shape[0]
+        like = clip["vision.class_embedding"]
+        for layer in sorted({int(k.split(".")[2]) for k in clip if ".bridge.norm.weight" in k}):
+            pre = f"vision_model.encoder.layers.{layer}."
+            hf[pre + "cross_gate.weight"] = like.new_zeros(d_vis, d_text)
+            hf[pre + "cross_gate.bias"] = like.new_zeros(d_vis)
+            hf[pre + "cross_adaptive_weights.0.weight"] = like.new_zeros(n_ctx, d_text)
+    for tower in ("text", "vision"):
+        n = clip[f"{tower}.pos_embed"].shape[0]
+        hf[f"{tower}_model.embeddings.position_ids"] = torch.arange(n, dtype=torch.long).unsqueeze(0)
+    prefix = _PEFT * (int(hi_lora_stage) + 1)
+    return {"model": {prefix + k: v for k, v in hf.items()}}
+
+
+def save_hilora_clip(model, output_dir) -> Path:
+    """Write `export_hilora_clip` of ``model`` to ``<output_dir>/clip_lora_stage_with_bridge.pth``."""
+    path = Path(output_dir) / HILORA_CLIP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(export_hilora_clip(sd, model.cfg.hi_lora_stage, mixup=model.cfg.mixup_pretrain), path)
+    return path
 
 
 _HEAD_RULES = [

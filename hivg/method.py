@@ -17,6 +17,7 @@ from vgcore.data.transforms import build_transforms
 from vgcore.optim import build_optimizer as _build_optimizer, build_param_groups, build_scheduler_from_args
 from vgcore.text import build_tokenizer
 from vgcore.checkpoint import load_model_file, save_model
+from vgcore.dist import is_main_process
 from vgcore.trainer import LoopConfig
 
 NAME = "HiVG"
@@ -54,6 +55,8 @@ def load(args) -> HiVG:
             sd, _ = _convert.convert_official(obj["raw"], mixup=args.mixup_pretrain)
         load_strict(model, sd, what=args.eval_model)
     model.compat_batch_mixing = bool(args.bridge_batch_mixing)
+    if getattr(args, "save_hilora_clip", False) and is_main_process():
+        print(f"wrote {_convert.save_hilora_clip(model, args.output_dir)}")
     if args.merge_lora:
         model.merge_lora()
     return model

@@ -15,10 +15,11 @@ from vgcore import cli
 
 MODELS = ("ViT-B/16", "ViT-L/14", "tiny")
 # official flags this code does not need: they parse, and a warning says they are ignored
-ACCEPTED_TRAIN = {"--save_hilora_clip": "best_checkpoint.pth already holds CLIP + LoRA + bridges",
+ACCEPTED_TRAIN = {"--save_hilora_clip": "best_checkpoint.pth already holds CLIP + LoRA + bridges; as the official "
+                                        "scripts do, `hivg/eval.py --save_hilora_clip` writes the official file "
+                                        "from a checkpoint",
                   "--lr_exponential": "no exponential schedule in the official HiVG recipes"}
-ACCEPTED_EVAL = {"--save_hilora_clip": "nothing to write at evaluation",
-                 "--use_mask_loss": "no loss at evaluation",
+ACCEPTED_EVAL = {"--use_mask_loss": "no loss at evaluation",
                  "--retrain": "evaluation reads --eval_model", "--hi_lora_retrain": "evaluation reads --eval_model",
                  "--hi_lora_clip": "evaluation reads --eval_model"}
 VALUED = ("--lr_exponential", "--retrain", "--hi_lora_retrain", "--hi_lora_clip")
@@ -126,6 +127,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vis", type=int, default=0, help="also draw the first N predictions (red) and ground truths "
                    "(green) into <output_dir>/vis_<dataset>_<set>.png")
     g.add_argument("--merge_lora", action="store_true", help="fold LoRA into the base weights before evaluating")
+    g.add_argument("--save_hilora_clip", action="store_true",
+                   help="also write <output_dir>/clip_lora_stage_with_bridge.pth from --eval_model: the CLIP towers, "
+                        "LoRA adapters and bridges in the official key layout ({'model': model.clip.state_dict()} "
+                        "of the official code, read by its --hi_lora_clip and by ours)")
     cli.add_optim_args(p, only=("amp",))
     cli.add_dist_args(p, skip=("world_size",))
     cli.add_logging_args(p, only=("output_dir", "seed"), output_dir="./outputs", seed=13)

@@ -4,14 +4,19 @@
 #   source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"     # from scripts/<method>/x.sh
 #   vg_init "$@"; set -- "${VG_ARGS[@]+"${VG_ARGS[@]}"}"   # handles --dry-run, cds to the repo root
 #   vg_launch hivg/train.py --lr 1e-4 ...                  # N-GPU launch (printed, or printed and run)
+#   local VG_NPROC VG_BS VG_ACCUM VG_BATCH_ARGS; vg_batch 7 80   # official 7 GPUs x 80: processes, per-GPU
+#   vg_launch hivg/train.py "${VG_BATCH_ARGS[@]}" ...      # batch and accumulation for NGPU x NNODES GPUs
 #
 # Conventions
 # - Dry run: `DRY_RUN=1 bash scripts/x.sh` or `bash scripts/x.sh --dry-run ...` prints every command,
 #   one per line, prefixed with "+ " and shell-quoted so it can be copy-pasted, and runs nothing.
 # - All paths come from environment variables with defaults relative to the repository root
 #   (never absolute): DATA_ROOT, OUT_ROOT, CLIP_DIR, BEIT3_DIR, ... (see vg_default_paths).
-# - NGPU (processes per node), MASTER_PORT, PYTHON can be overridden; each script sets its own NGPU
-#   default to the official GPU count.
+# - NGPU (GPUs per machine), MASTER_PORT, PYTHON can be overridden; each script sets its own NGPU
+#   default to the official GPU count. Several machines: NNODES (default 1), NODE_RANK (0..NNODES-1),
+#   MASTER_ADDR (the rank-0 machine); the launch then goes through torchrun.
+# - The official global batch (official GPUs x official per-GPU batch) and learning rate are kept whatever
+#   the GPU count: vg_batch picks the per-GPU batch and the gradient accumulation and prints them.
 # - RESUME=1 makes the method helpers pass --resume <run>/<latest checkpoint> when one exists.
 
 # Repository root = parent of this file's folder.
@@ -43,6 +48,9 @@ vg_default_paths() {
     BEIT3_DIR="${BEIT3_DIR:-./checkpoints/beit3}"
     RELEASED_DIR="${RELEASED_DIR:-./checkpoints/released}"
     MASTER_PORT="${MASTER_PORT:-29500}"
+    NNODES="${NNODES:-1}"
+    NODE_RANK="${NODE_RANK:-0}"
+    MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
     NUM_WORKERS="${NUM_WORKERS:-4}"
     DEVICE="${DEVICE:-cuda}"
     RESUME="${RESUME:-0}"
@@ -60,10 +68,54 @@ run() {
     fi
 }
 
-# vg_launch SCRIPT ARGS...: python -m torch.distributed.launch --nproc_per_node=$NGPU --use_env SCRIPT ARGS
+# vg_launch SCRIPT ARGS...: one node: python -m torch.distributed.launch --nproc_per_node=N --use_env
+# SCRIPT ARGS; NNODES > 1: python -m torch.distributed.run (torchrun) with --nnodes/--node_rank/
+# --master_addr/--master_port (it always passes LOCAL_RANK in the environment). N = VG_NPROC (set by the
+# caller from vg_batch for a training run) or NGPU.
 vg_launch() {
-    run "$PYTHON" -m torch.distributed.launch --nproc_per_node="${NGPU:-1}" \
-        --master_port="$MASTER_PORT" --use_env "$@"
+    local n="${VG_NPROC:-${NGPU:-1}}"
+    if [[ "${NNODES:-1}" -gt 1 ]]; then
+        run "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="${NODE_RANK:-0}" \
+            --nproc_per_node="$n" --master_addr="${MASTER_ADDR:-127.0.0.1}" \
+            --master_port="$MASTER_PORT" "$@"
+    else
+        run "$PYTHON" -m torch.distributed.launch --nproc_per_node="$n" \
+            --master_port="$MASTER_PORT" --use_env "$@"
+    fi
+}
+
+# vg_batch OFFICIAL_GPUS OFFICIAL_PER_GPU_BATCH: keep the official global batch G = OFFICIAL_GPUS x
+# OFFICIAL_PER_GPU_BATCH on the NGPU x NNODES GPUs at hand. Sets
+#   VG_NPROC  processes per machine: the largest p <= NGPU with G divisible by p x NNODES (a note is
+#             printed when that leaves GPUs idle);
+#   VG_BS     per-GPU batch, VG_ACCUM gradient-accumulation steps: the smallest accumulation A for which
+#             G / (p x NNODES) / A is a whole number no larger than the official per-GPU batch (the memory
+#             the official run needed);
+#   VG_BATCH_ARGS  (--batch_size VG_BS [--accum_steps VG_ACCUM]) for the training command,
+# and prints "# batch: N processes x per-GPU B x accumulation A = global G (official: ...)".
+vg_batch() {
+    local gpus="$1" per="$2"
+    local global=$((gpus * per)) nodes="${NNODES:-1}" ngpu="${NGPU:-1}" p a share
+    for ((p = ngpu; p >= 1; p--)); do
+        (( global % (p * nodes) == 0 )) && break
+    done
+    if (( p < 1 )); then
+        printf 'error: the official global batch %d cannot be split over %d machines\n' "$global" "$nodes" >&2
+        return 2
+    fi
+    if (( p < ngpu )); then
+        printf '# note: global batch %d is not divisible by %d GPUs per machine x %d machines; using %d per machine\n' \
+            "$global" "$ngpu" "$nodes" "$p"
+    fi
+    share=$((global / (p * nodes)))
+    for ((a = 1; a <= share; a++)); do
+        (( share % a == 0 && share / a <= per )) && break
+    done
+    VG_NPROC="$p"; VG_ACCUM="$a"; VG_BS=$((share / a))
+    VG_BATCH_ARGS=(--batch_size "$VG_BS")
+    if (( a > 1 )); then VG_BATCH_ARGS+=(--accum_steps "$a"); fi
+    printf '# batch: %d processes x per-GPU %d x accumulation %d = global %d (official: %d GPUs x %d)\n' \
+        "$((p * nodes))" "$VG_BS" "$a" "$global" "$gpus" "$per"
 }
 
 # vg_section TITLE: a visible separator in logs and dry-run listings.

@@ -63,11 +63,14 @@ def _commands(stdout: str) -> list[list[str]]:
 
 
 def _launch_target(argv: list[str]) -> tuple[str, list[str]] | None:
-    """(script path, its argv) for a torch.distributed.launch command, else None."""
-    if "torch.distributed.launch" not in argv:
-        return None
-    i = argv.index("--use_env")
-    return argv[i + 1], argv[i + 2:]
+    """(script path, its argv) for a torch.distributed.launch / torch.distributed.run command, else None."""
+    if "torch.distributed.launch" in argv:
+        i = argv.index("--use_env")
+        return argv[i + 1], argv[i + 2:]
+    if "torch.distributed.run" in argv:
+        i = next(j for j, a in enumerate(argv) if a.startswith("--master_port="))
+        return argv[i + 1], argv[i + 2:]
+    return None
 
 
 def _flags(argv: list[str]) -> dict[str, list[str]]:
@@ -165,9 +168,9 @@ def test_unknown_dataset_is_rejected():
 
 
 def test_ngpu_env_is_used():
-    out = _dry_run("simvg/train_onestage_base.sh", ("refcoco",), extra_env=(("NGPU", "3"),))
+    out = _dry_run("simvg/train_onestage_base.sh", ("refcoco",), extra_env=(("NGPU", "4"),))
     launches = [c for c in _commands(out) if "torch.distributed.launch" in c]
-    assert launches and all("--nproc_per_node=3" in c for c in launches)
+    assert launches and all("--nproc_per_node=4" in c for c in launches)
     # the official GPU counts are the defaults: HiVG 7, SimVG single-dataset 1
     assert "--nproc_per_node=7" in _dry_run("hivg/train_finetune_base.sh", ("unc",))
     assert "--nproc_per_node=1" in _dry_run("simvg/train_onestage_base.sh", ("refcoco",))
@@ -231,8 +234,12 @@ def test_hivg_mixup_recipe_and_eval_splits():
     assert [f["epochs"][0] for f in tr] == ["60", "20", "20", "20"]
     assert all("mixup_pretrain" in f and f["dataset"] == ["mixup"] and f["batch_size"] == ["64"] for f in tr)
     assert all("enable_adaptive_weights" not in f for f in tr)
-    evals = [(f["dataset"][0], f["eval_set"][0]) for s, f in runs if s == "hivg/eval.py"]
+    evals = [(f["dataset"][0], f["eval_set"][0]) for s, f in runs
+             if s == "hivg/eval.py" and "save_hilora_clip" not in f]
     assert len(evals) == 12 and len(set(evals)) == 12
+    # the hand-over evaluations of warm-up, stage 1 and stage 2 (official: mixup val and test, --save_hilora_clip)
+    writers = [(f["dataset"][0], f["eval_set"][0]) for s, f in runs if s == "hivg/eval.py" and "save_hilora_clip" in f]
+    assert writers == [("mixup", "val"), ("mixup", "test")] * 3
     large = _train(_launches("hivg/train_mixup_large.sh"))
     assert [f["epochs"][0] for f in large] == ["10", "30", "10", "10", "10"]
 

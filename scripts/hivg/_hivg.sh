@@ -9,16 +9,18 @@
 #   DEBIASED_CLIP_L  clip_l_ml_cascade_maskrcnn_model_224.pth             default $CLIP_DIR/<that name>
 #   USE_DEBIASED_CLIP=0  start from plain CLIP instead (the paper's numbers need the debiased file; ~-7
 #                        points on RefCOCOg without it, HiVG issue #12)
-#   HIVG_COMPAT=1    pass --bridge_batch_mixing (reproduce the official bridge's cross-sample mixing, §12.1)
+#   HIVG_COMPAT=1    pass --bridge_batch_mixing (reproduce the official bridge's cross-sample mixing)
 #   STAGES           phases to run, e.g. "stage2 stage3 eval" (default: all phases of the script)
 #   EVAL_ALL_PHASES=1  also evaluate after every intermediate phase (the official scripts do)
 #
 # Stage hand-over (one checkpoint): every phase writes <run>/<phase>/best_checkpoint.pth holding the
 # whole model (CLIP + the one LoRA adapter set + bridge + fusion + heads). HiLoRA stage k starts from
-# the previous phase's best_checkpoint.pth via --hi_lora_retrain; the L/14 warm-2 phase starts from
-# warm-1 via --retrain (weights only; the bridge is new). No --hi_lora_clip / --save_hilora_clip files.
+# the previous phase's best_checkpoint.pth via --hi_lora_retrain (base mixup differs, see hivg_mixup); the
+# L/14 warm-2 phase starts from warm-1 via --retrain (weights only; the bridge is new).
 
 HIVG_DATASETS=(unc unc+ gref_umd referit flickr)
+# Every official HiVG training script ran on 7 GPUs (--nproc_per_node=7); batch sizes are per GPU.
+HIVG_OFFICIAL_GPUS=7
 
 hivg_paths() {
     HIVG_DATA_ROOT="${HIVG_DATA_ROOT:-$DATA_ROOT/image_data}"
@@ -77,16 +79,20 @@ hivg_common_args() {
     if [[ "$HIVG_COMPAT" == "1" ]]; then HIVG_COMMON+=(--bridge_batch_mixing); fi
 }
 
-# hivg_train OUT_DIR ARGS...: one training phase into OUT_DIR (official common training flags added).
+# hivg_train OUT_DIR BATCH ARGS...: one training phase into OUT_DIR (official common training flags added).
+# BATCH is the official per-GPU batch; the official global batch (7 x BATCH) is kept on NGPU x NNODES GPUs
+# through the per-GPU batch and gradient accumulation (vg_batch).
 hivg_train() {
-    local out="$1"; shift
+    local out="$1" bs="$2"; shift 2
     hivg_common_args
+    local VG_NPROC VG_BS VG_ACCUM VG_BATCH_ARGS
+    vg_batch "$HIVG_OFFICIAL_GPUS" "$bs"
     local resume=()
     mapfile -t resume < <(vg_resume_args "$out" checkpoint.pth)
     vg_launch hivg/train.py --num_workers "$NUM_WORKERS" "${HIVG_COMMON[@]}" \
         --aug_crop --aug_scale --aug_translate --lr_scheduler cosine \
         --use_contrastive_loss --use_rtcc_constrain_loss --use_mask_loss \
-        "$@" --output_dir "$out" "${resume[@]+"${resume[@]}"}"
+        "$@" "${VG_BATCH_ARGS[@]}" --output_dir "$out" "${resume[@]+"${resume[@]}"}"
 }
 
 # hivg_eval OUT_DIR CKPT DATASET BATCH ARGS...: evaluate CKPT on every reported split of DATASET.
@@ -103,7 +109,8 @@ hivg_eval() {
 }
 
 # hivg_finetune SIZE DATASET ROOT: the full single-dataset recipe (warm-up + HiLoRA stages 1-3 + eval)
-# for one dataset into ROOT/<phase>. Official epochs / batch sizes / learning rates (spec §8.2).
+# for one dataset into ROOT/<phase>. Official epochs / batch sizes / learning rates
+# of train_single_dataset_finetuning_base.sh / _large_1_warm.sh / _large_2.sh.
 hivg_finetune() {
     local size="$1" ds="$2" root="$3"
     vg_check_choice dataset "$ds" "${HIVG_DATASETS[@]}"
@@ -121,7 +128,7 @@ hivg_finetune() {
         if [[ "$ds" == flickr ]]; then wep=30; stage_ep=5; stage_bs=(60 60 60); fi
         vg_section "HiVG-B $ds warm-up (HiLoRA stage 0)"
         if hivg_want warmup; then
-            hivg_train "$root/warmup" "${model[@]}" "${aw[@]}" --epochs "$wep" --batch_size 80 --lr 2.5e-4 \
+            hivg_train "$root/warmup" 80 "${model[@]}" "${aw[@]}" --epochs "$wep" --lr 2.5e-4 \
                 "${clip[@]+"${clip[@]}"}"
             if [[ "$EVAL_ALL_PHASES" == 1 ]]; then
                 hivg_eval "$root/warmup" "$root/warmup/best_checkpoint.pth" "$ds" 64 \
@@ -136,12 +143,12 @@ hivg_finetune() {
         if [[ "$ds" == flickr ]]; then w2ep=30; stage_ep=5; fi
         vg_section "HiVG-L $ds warm-1 (--warmup, no bridge)"
         if hivg_want warm1; then
-            hivg_train "$root/warm1" "${model[@]}" --warmup --epochs "$w1ep" --batch_size 32 --lr 2.5e-4 \
+            hivg_train "$root/warm1" 32 "${model[@]}" --warmup --epochs "$w1ep" --lr 2.5e-4 \
                 "${clip[@]+"${clip[@]}"}"
         fi
         vg_section "HiVG-L $ds warm-2 (bridge on, from warm-1)"
         if hivg_want warm2; then
-            hivg_train "$root/warm2" "${model[@]}" "${aw[@]}" --epochs "$w2ep" --batch_size 32 --lr 2.5e-4 \
+            hivg_train "$root/warm2" 32 "${model[@]}" "${aw[@]}" --epochs "$w2ep" --lr 2.5e-4 \
                 --retrain "$root/warm1/best_checkpoint.pth"
             if [[ "$EVAL_ALL_PHASES" == 1 ]]; then
                 hivg_eval "$root/warm2" "$root/warm2/best_checkpoint.pth" "$ds" 64 \
@@ -153,8 +160,8 @@ hivg_finetune() {
     for k in 1 2 3; do
         vg_section "HiVG-${size} $ds HiLoRA stage $k"
         if hivg_want "stage$k"; then
-            hivg_train "$root/stage$k" "${model[@]}" "${aw[@]}" --hi_lora_stage "$k" \
-                --epochs "$stage_ep" --batch_size "${stage_bs[$((k-1))]}" --lr "${lrs[$((k-1))]}" \
+            hivg_train "$root/stage$k" "${stage_bs[$((k-1))]}" "${model[@]}" "${aw[@]}" --hi_lora_stage "$k" \
+                --epochs "$stage_ep" --lr "${lrs[$((k-1))]}" \
                 --hi_lora_retrain "$prev/best_checkpoint.pth"
             if [[ "$EVAL_ALL_PHASES" == 1 && "$k" != 3 ]]; then
                 hivg_eval "$root/stage$k" "$root/stage$k/best_checkpoint.pth" "$ds" "$eval_bs" \
@@ -182,44 +189,60 @@ hivg_mixup_eval() {
     done
 }
 
-# hivg_mixup SIZE ROOT: dataset-mixed pre-training (spec §8.4) into ROOT/<phase>, then evaluation.
+# hivg_mixup SIZE ROOT: dataset-mixed pre-training (train_mixup_grounding_pretraining_<size>.sh) into
+# ROOT/<phase>, then evaluation.
+# Hand-over between phases as in the official scripts. Base: HiLoRA stage k starts from the previous phase's
+# last-epoch checkpoint.pth (heads, fusion) plus the CLIP towers, LoRA and bridges of its best_checkpoint.pth,
+# which an evaluation with --save_hilora_clip writes as clip_lora_stage_with_bridge.pth (--hi_lora_clip).
+# Large: every stage starts from the previous phase's best_checkpoint.pth.
 hivg_mixup() {
     local size="$1" root="$2" arch prev k
     arch=$(hivg_arch "$size")
     local first=warmup; [[ "$size" == base ]] || first=warm1
     hivg_clip_args "$size" "$first"; local clip=("${HIVG_CLIP[@]+"${HIVG_CLIP[@]}"}")
     # shellcheck disable=SC2206
-    local model=($arch --dataset mixup --mixup_pretrain)
-    local lrs=(1e-4 5e-5 2e-5) stage_ep bs
+    local archv=($arch)
+    local model=("${archv[@]}" --dataset mixup --mixup_pretrain)
+    local lrs=(1e-4 5e-5 2e-5) stage_ep bs from=()
     if [[ "$size" == base ]]; then
         bs=64; stage_ep=20
         vg_section "HiVG-B mixup warm-up"
         if hivg_want warmup; then
-            hivg_train "$root/warmup" "${model[@]}" --epochs 60 --batch_size 64 --lr 2.5e-4 "${clip[@]+"${clip[@]}"}"
+            hivg_train "$root/warmup" 64 "${model[@]}" --epochs 60 --lr 2.5e-4 "${clip[@]+"${clip[@]}"}"
+            hivg_eval "$root/warmup" "$root/warmup/best_checkpoint.pth" mixup 64 "${archv[@]}" --mixup_pretrain \
+                --save_hilora_clip
         fi
-        # official: stage 1 starts from the warm-up's last checkpoint.pth; we default to best_checkpoint.pth
-        prev="$root/warmup/${MIXUP_STAGE1_FROM:-best_checkpoint.pth}"
+        prev="$root/warmup"
     else
         bs=32; stage_ep=10
         vg_section "HiVG-L mixup warm-1 (--warmup, no bridge)"
         if hivg_want warm1; then
-            hivg_train "$root/warm1" "${model[@]}" --warmup --epochs 10 --batch_size 32 --lr 2.5e-4 \
+            hivg_train "$root/warm1" 32 "${model[@]}" --warmup --epochs 10 --lr 2.5e-4 \
                 "${clip[@]+"${clip[@]}"}"
         fi
         vg_section "HiVG-L mixup warm-2"
         if hivg_want warm2; then
-            hivg_train "$root/warm2" "${model[@]}" --epochs 30 --batch_size 32 --lr 2.5e-4 \
+            hivg_train "$root/warm2" 32 "${model[@]}" --epochs 30 --lr 2.5e-4 \
                 --retrain "$root/warm1/best_checkpoint.pth"
         fi
-        prev="$root/warm2/best_checkpoint.pth"
+        prev="$root/warm2"
     fi
     for k in 1 2 3; do
         vg_section "HiVG-${size} mixup HiLoRA stage $k"
-        if hivg_want "stage$k"; then
-            hivg_train "$root/stage$k" "${model[@]}" --hi_lora_stage "$k" --epochs "$stage_ep" \
-                --batch_size "$bs" --lr "${lrs[$((k-1))]}" --hi_lora_retrain "$prev"
+        if [[ "$size" == base ]]; then
+            from=(--hi_lora_retrain "$prev/checkpoint.pth" --hi_lora_clip "$prev/clip_lora_stage_with_bridge.pth")
+        else
+            from=(--hi_lora_retrain "$prev/best_checkpoint.pth")
         fi
-        prev="$root/stage$k/best_checkpoint.pth"
+        if hivg_want "stage$k"; then
+            hivg_train "$root/stage$k" "$bs" "${model[@]}" --hi_lora_stage "$k" --epochs "$stage_ep" \
+                --lr "${lrs[$((k-1))]}" "${from[@]}"
+            if [[ "$size" == base && "$k" != 3 ]]; then
+                hivg_eval "$root/stage$k" "$root/stage$k/best_checkpoint.pth" mixup 64 "${archv[@]}" \
+                    --mixup_pretrain --hi_lora_stage "$k" --save_hilora_clip
+            fi
+        fi
+        prev="$root/stage$k"
     done
     if hivg_want eval; then
         hivg_mixup_eval "$size" "$root/stage3/best_checkpoint.pth" "$root/eval"

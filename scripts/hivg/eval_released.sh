@@ -3,8 +3,9 @@
 # Table 1, all four HiVG rows: "HiVG (CLIP-B)", "HiVG-L (CLIP-L)" (single-dataset fine-tuning, stage-3
 # models) and "HiVG†", "HiVG-L†" (mixup pre-training, evaluated on every split without fine-tuning).
 # Each official file is first converted to our layout (hivg/convert.py), then evaluated with the
-# official batch sizes (60 / 32 / 64 per GPU). The released weights were trained with the official
-# bridge's cross-sample mixing (spec §12.1), so this script passes --bridge_batch_mixing by default
+# official batch sizes (60 / 32 / 64 per GPU) of eval_single_dataset_finetuning_{base,large}.sh and
+# eval_mixup_grounding_pretraining_{base,large}.sh. The released weights were trained with the official
+# bridge's cross-sample mixing, so this script passes --bridge_batch_mixing by default
 # (HIVG_COMPAT=1); HIVG_COMPAT=0 evaluates them with the corrected per-sample bridge instead.
 #
 # Usage: scripts/hivg/eval_released.sh [--dry-run] [BUNDLE ...]

@@ -9,6 +9,8 @@
 #   DATASET in: unc unc+ gref_umd referit flickr (default: all five)
 # Env: NGPU (7), OUT_ROOT, DATA_ROOT/HIVG_DATA_ROOT, SPLIT_ROOT, CLIP_DIR, DEBIASED_CLIP_B, STAGES,
 #      EVAL_ALL_PHASES, HIVG_COMPAT, RESUME, DRY_RUN (see scripts/lib.sh and scripts/hivg/_hivg.sh).
+#      NNODES/NODE_RANK/MASTER_ADDR: several machines (torchrun). Any GPU count keeps the official global batch
+#      (per-GPU batch x gradient accumulation, printed as "# batch: ..." before each training command).
 # Output: $OUT_ROOT/hivg/finetune_base/<dataset>/{warmup,stage1,stage2,stage3}/best_checkpoint.pth
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

@@ -10,6 +10,8 @@
 # Usage: scripts/hivg/train_mixup_large.sh [--dry-run]
 # Env: NGPU (7), OUT_ROOT, DATA_ROOT/HIVG_DATA_ROOT, SPLIT_ROOT, CLIP_DIR, DEBIASED_CLIP_L, STAGES
 #      (warm1 warm2 stage1 stage2 stage3 eval), HIVG_COMPAT, RESUME, DRY_RUN.
+#      NNODES/NODE_RANK/MASTER_ADDR: several machines (torchrun). Any GPU count keeps the official global batch
+#      (per-GPU batch x gradient accumulation, printed as "# batch: ..." before each training command).
 # Output: $OUT_ROOT/hivg/mixup_large/{warm1,warm2,stage1,stage2,stage3}/, eval logs in .../eval/<dataset>/
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

@@ -7,10 +7,10 @@
 #   BEIT3_CKPT_LARGE  beit3_large_patch16_224.pth                 defaults: $BEIT3_DIR/<name>
 #   BEIT3_SPM         beit3.spm (XLM-R sentencepiece)             default $BEIT3_DIR/beit3.spm
 #   SIMVG_COMPAT=1    pass --official_compat (text pooling at positions 18/19, degenerate text position
-#                     encoding, batch-averaged metric; spec §12.1, §12.4, §9) to train and eval
+#                     encoding, batch-averaged metric) to train and eval
 #   STAGES            phases to run (e.g. "stage2 eval"); default all phases of the script
 #
-# Official recipes are encoded once, in simvg_recipe (spec §8 table = official config values).
+# Official recipes are encoded once, in simvg_recipe (the official config values).
 
 SIMVG_REC_DATASETS=(refcoco refcocoplus refcocog refcocoggoogle referit flickr30k)
 
@@ -42,7 +42,7 @@ simvg_eval_sets() {
 
 # simvg_backbone_args BACKBONE: sets SIMVG_BB=(--backbone ... --beit3_ckpt ... --drop_path_rate ...).
 # drop_path_rate: 0.1 for base; 0.0 for large (the official large branch drops the value through the
-# `rop_path_rate` typo, spec §12.11).
+# `rop_path_rate` typo).
 simvg_backbone_args() {
     case "$1" in
         beit3_base) SIMVG_BB=(--backbone beit3_base --beit3_ckpt "$BEIT3_CKPT_BASE" --drop_path_rate 0.1) ;;
@@ -52,12 +52,14 @@ simvg_backbone_args() {
 }
 
 # simvg_recipe PRESET BACKBONE DATASET [PRETRAIN_FROM]: sets SIMVG_HP to the official hyperparameters of
-# configs/<family>/<backbone>/<dataset>... (spec §8), and SIMVG_EMA=1 when the config has ema=True.
+# configs/<family>/<backbone>/<dataset>..., SIMVG_BS to the config's samples_per_gpu, SIMVG_GPUS to the
+# official GPU count (8 for the mix pre-training configs, 1 otherwise) and SIMVG_EMA=1 when the config has
+# ema=True.
 # PRETRAIN_FROM (mixed|cocoall) selects the finetune/distill variant.
 simvg_recipe() {
     local preset="$1" bb="$2" ds="$3" src="${4:-}"
     local lr bs ep wu decay tw=0 dw=0 img=640 q=1 lsj=1
-    SIMVG_EMA=0
+    SIMVG_EMA=0; SIMVG_GPUS=1
     local large=0; [[ "$bb" == beit3_large ]] && large=1
     case "$preset" in
         onestage)
@@ -85,6 +87,7 @@ simvg_recipe() {
             if [[ "$ds" == grefcoco ]]; then lr=5e-4; ep=100; decay="90"; q=10; lsj=0; fi ;;
         pretrain_mixed|pretrain_cocoall)
             lr=5e-4; bs=32; ep=30; wu=3; decay="21 27"; lsj=0
+            SIMVG_GPUS=8
             if [[ "$preset" == pretrain_cocoall ]]; then img=512; fi
             if [[ $large == 1 ]]; then bs=4; fi ;;
         finetune)
@@ -99,7 +102,8 @@ simvg_recipe() {
         *) echo "error: unknown preset $preset" >&2; return 2 ;;
     esac
     # shellcheck disable=SC2206
-    SIMVG_HP=(--lr "$lr" --lr_vis_enc_mult 0.1 --batch_size "$bs" --epochs "$ep" --warmup_epochs "$wu"
+    SIMVG_BS="$bs"
+    SIMVG_HP=(--lr "$lr" --lr_vis_enc_mult 0.1 --epochs "$ep" --warmup_epochs "$wu"
               --decay_steps $decay --decay_ratio 0.1 --grad_norm_clip 0.15
               --img_size "$img" --max_token 20 --num_queries "$q"
               --decoder_weight 1.0 --token_weight "$tw" --distill_weight "$dw")
@@ -121,15 +125,18 @@ simvg_train() {
     simvg_common_args
     simvg_backbone_args "$bb"
     simvg_recipe "$preset" "$bb" "$ds" "$src"
+    local VG_NPROC VG_BS VG_ACCUM VG_BATCH_ARGS
+    vg_batch "$SIMVG_GPUS" "$SIMVG_BS"
     local resume=()
     mapfile -t resume < <(vg_resume_args "$out" latest.pth)
     vg_launch simvg/train.py --preset "$preset" --dataset "$ds" "${SIMVG_BB[@]}" "${SIMVG_COMMON[@]}" \
-        --num_workers "$NUM_WORKERS" "${SIMVG_HP[@]}" "$@" --output_dir "$out" \
+        --num_workers "$NUM_WORKERS" "${SIMVG_HP[@]}" "${VG_BATCH_ARGS[@]}" "$@" --output_dir "$out" \
         "${resume[@]+"${resume[@]}"}"
 }
 
 # simvg_eval OUT_DIR CKPT PRESET BACKBONE DATASET [EVAL_DATASET [ARGS...]]: evaluate CKPT (DB and TB) on
-# the splits of EVAL_DATASET (default DATASET), batch 32; EMA weights when the recipe has EMA.
+# the splits of EVAL_DATASET (default DATASET) with the config's samples_per_gpu as batch size, as the
+# official tools/test.py (its batch-averaged accuracy depends on it); EMA weights when the recipe has EMA.
 simvg_eval() {
     local out="$1" ckpt="$2" preset="$3" bb="$4" ds="$5" eds="${6:-$5}"
     shift 5; [[ $# -gt 0 ]] && shift
@@ -143,7 +150,7 @@ simvg_eval() {
     local sets; sets=$(simvg_eval_sets "$eds")
     # shellcheck disable=SC2086
     vg_launch simvg/eval.py --preset "$preset" --dataset "$eds" --backbone "$bb" "${SIMVG_COMMON[@]}" \
-        --num_workers "$NUM_WORKERS" --img_size "$img" --max_token 20 --num_queries "$q" --batch_size 32 \
+        --num_workers "$NUM_WORKERS" --img_size "$img" --max_token 20 --num_queries "$q" --batch_size "$SIMVG_BS" \
         "${extra[@]+"${extra[@]}"}" "$@" --load_from "$ckpt" --eval_sets $sets --output_dir "$out"
 }
 

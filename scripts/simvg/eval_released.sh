@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Evaluates the RELEASED official SimVG ViT-L/32 checkpoints (README OneDrive "model & log" folders) against
-# the SimVG README model-zoo rows (spec §2.1):
+# the SimVG README model-zoo rows:
 #   single_large_db         "SimVG (ViT-L/32, DB)" single-dataset: refcoco, refcocoplus, refcocog, flickr30k,
 #                           referit (no released RefCOCOg-google model) - compare decoderDet@.5
 #   cocoall_distill_large_tb "SimVG (ViT-L/32, refcocoallpretrain, two-stage distillation, TB)": refcoco,
 #                           refcocoplus, refcocog - compare tokenDet@.5
-# Each official det_best.pth is converted to our layout (simvg/convert.py), then evaluated (batch 32).
+# Each official det_best.pth is converted to our layout (simvg/convert.py), then evaluated with the config's
+# batch size (4 for ViT-L).
 # The released models were trained with the official numerics, so --official_compat is on by default
 # (SIMVG_COMPAT=1: text pooling at token positions 18/19, degenerate text position encoding, and the
-# batch-averaged accuracy the official code reports, spec §12.1, §12.4, §9); SIMVG_COMPAT=0 turns it off.
+# batch-averaged accuracy the official code reports); SIMVG_COMPAT=0 turns it off.
 #
 # Usage: scripts/simvg/eval_released.sh [--dry-run] [BUNDLE ...]   (default: both bundles)
 # Expected layout: $RELEASED_DIR/simvg/<bundle>/<dataset>/det_best.pth

@@ -4,12 +4,14 @@
 #   cocoall configs/mix/ViT-base/pretrain-cocoall.py (RefCOCO/+/g without the google split, 28K images, 512)
 # The pre-trained model is the starting point of train_finetune_base.sh / train_distill_base.sh (the paper's
 # "pre-trained" ViT-B rows; secondary source: RefCOCO 91.47/93.65/87.94, RefCOCO+ 84.83/88.85/79.12,
-# RefCOCOg 86.30/87.26 for SimVG-DB ViT-B with RefCOCO/+/g pre-training, spec §2.2).
+# RefCOCOg 86.30/87.26 for SimVG-DB ViT-B with RefCOCO/+/g pre-training).
 # Evaluates the pre-trained model on RefCOCO, RefCOCO+ and RefCOCOg splits.
 #
 # Usage: scripts/simvg/train_pretrain_base.sh [--dry-run] [mixed|cocoall ...]   (default: cocoall)
 # Env: NGPU (8, as official), OUT_ROOT, DATA_ROOT/SIMVG_DATA_ROOT, BEIT3_DIR/BEIT3_CKPT_BASE/BEIT3_SPM,
 #      STAGES (pretrain eval), SIMVG_COMPAT, RESUME, DRY_RUN.
+#      NNODES/NODE_RANK/MASTER_ADDR: several machines (torchrun). Any GPU count keeps the official global batch
+#      (per-GPU batch x gradient accumulation, printed as "# batch: ..." before each training command).
 # Output: $OUT_ROOT/simvg/pretrain_<source>_base/det_best.pth
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

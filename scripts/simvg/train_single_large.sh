@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the SimVG README model-zoo row "SimVG (ViT-L/32, DB), single-dataset" (spec §2.1):
+# Reproduces the SimVG README model-zoo row "SimVG (ViT-L/32, DB), single-dataset":
 #   RefCOCO 90.51/92.37/87.07, RefCOCO+ 84.88/88.50/78.66, RefCOCOg val-g 80.42, val-u/test-u 85.72/86.70,
 #   Flickr30k 78.75, ReferIt 83.15 (decoder-branch accuracy, decoderDet@.5).
 # Official configs configs/single/ViT-large/<ds>/<ds>_{twostage_1,twostage_2,onestage}.py (batch 4 on one
@@ -11,6 +11,8 @@
 #   DATASET in: refcoco refcocoplus refcocog refcocoggoogle referit flickr30k (default: all six)
 # Env: NGPU (1, as official), SIMVG_RECIPE (twostage|onestage), OUT_ROOT, DATA_ROOT/SIMVG_DATA_ROOT,
 #      BEIT3_DIR/BEIT3_CKPT_LARGE/BEIT3_SPM, STAGES (stage1 stage2 eval | train eval), SIMVG_COMPAT, RESUME, DRY_RUN.
+#      NNODES/NODE_RANK/MASTER_ADDR: several machines (torchrun). Any GPU count keeps the official global batch
+#      (per-GPU batch x gradient accumulation, printed as "# batch: ..." before each training command).
 # Output: $OUT_ROOT/simvg/single_large/<dataset>/{stage1,stage2|onestage}/det_best.pth
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

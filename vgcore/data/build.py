@@ -36,7 +36,7 @@ from .image import load_image
 from .sample import Record
 
 __all__ = ["image_roots", "load_split", "default_workers", "build_grounding_loader", "single_batch", "SEQTR_DIRS",
-           "REFER_DATASETS"]
+           "REFER_DATASETS", "SEQTR_OLD_DIRS", "seqtr_annotation_path"]
 
 _COCO_SETS = {"unc", "unc+", "gref", "gref_umd", "refcoco", "refcoco+", "refcocoplus", "refcocog",
               "refcocogumd", "refcocoggoogle", "grefcoco", "cocoall"}
@@ -46,8 +46,11 @@ SEQTR_DIRS = {
     "unc": "refcoco-unc", "refcoco": "refcoco-unc", "unc+": "refcocoplus-unc", "refcoco+": "refcocoplus-unc",
     "refcocoplus": "refcocoplus-unc", "gref_umd": "refcocog-umd", "refcocog": "refcocog-umd",
     "gref": "refcocog-google", "refcocoggoogle": "refcocog-google", "referit": "referitgame-berkeley",
-    "flickr": "flickr30k", "flickr30k": "flickr30k", "mixed": "mixed", "grefcoco": "grefs",
+    "flickr": "flickr30k", "flickr30k": "flickr30k", "mixed": "mixed", "grefcoco": "grefs_grec",
 }
+# dataset key -> older folder names still accepted when the official one is absent (gRefCOCO: the official
+# SimVG configs read annotations/grefs_grec/instances.json; "grefs" is the earlier name)
+SEQTR_OLD_DIRS = {"grefcoco": ("grefs",)}
 # dataset key -> (refer dataset folder, splitBy)
 REFER_DATASETS = {
     "unc": ("refcoco", "unc"), "refcoco": ("refcoco", "unc"), "unc+": ("refcoco+", "unc"),
@@ -70,6 +73,22 @@ def image_roots(data_root: str, layout: str = "hivg") -> dict:
     if layout == "refer":
         return {"coco": str(r / "images/mscoco/images/train2014"), "referit": str(r / "images/saiapr_tc-12")}
     raise ValueError(f"unknown image layout {layout!r} (transvg | hivg | seqtr | refer)")
+
+
+def seqtr_annotation_path(split_root: str, dataset: str) -> Path:
+    """``<split_root>/<folder>/instances.json`` of a SeqTR-layout dataset (``split_root`` itself when it is a
+    file): the official folder (`SEQTR_DIRS`), else the first older name of `SEQTR_OLD_DIRS` that exists; the
+    official path when none exists (so the error names it)."""
+    root = Path(split_root)
+    if root.is_file():
+        return root
+    official = root / SEQTR_DIRS.get(dataset, dataset) / "instances.json"
+    if official.exists():
+        return official
+    for old in SEQTR_OLD_DIRS.get(dataset, ()):
+        if (root / old / "instances.json").exists():
+            return root / old / "instances.json"
+    return official
 
 
 def _source(dataset: str) -> str:
@@ -110,9 +129,7 @@ def load_split(fmt: str, dataset: str, split: str, *, split_root: str, data_root
         name, split_by = REFER_DATASETS.get(dataset, (dataset, kw.pop("split_by", "unc")))
         return refer_fmt.read_refer(split_root, name, split_by, split=split, image_root=root, on_error=on_error, **kw)
     if fmt == "seqtr":
-        p = Path(split_root)
-        if not p.is_file():
-            p = p / SEQTR_DIRS.get(dataset, dataset) / "instances.json"
+        p = seqtr_annotation_path(split_root, dataset)
         return seqtr_fmt.read_seqtr(str(p), split=split, image_root=root, dataset=dataset, on_error=on_error, **kw)
     raise ValueError(f"unknown annotation format {fmt!r} (transvg | refer | seqtr)")
 

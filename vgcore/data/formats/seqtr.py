@@ -56,7 +56,7 @@ def naming_of(dataset: str) -> str:
     if "referit" in n or "flickr" in n or "saiapr" in n:
         return "id"
     raise DataError(f"unknown SeqTR dataset {dataset!r}: cannot derive image file names "
-                    f"(known: refcoco*, grefs, referitgame*, flickr30k, mixed) -- pass dataset= or image_name_fn=")
+                    f"(known: refcoco*, grefs_grec / grefs, referitgame*, flickr30k, mixed) -- pass dataset= or image_name_fn=")
 
 
 def image_name(image_id: int, naming: str, data_source: Optional[str] = None) -> str:
