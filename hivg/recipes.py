@@ -30,10 +30,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="ViT-B/16", choices=MODELS,
                    help="CLIP backbone; 'tiny' = small random-init CLIP with the same architecture (synthetic runs)")
     g.add_argument("--vl_hidden_dim", type=int, default=512, help="fusion width = CLIP projection dim (768 for ViT-L/14)")
-    g.add_argument("--vl_nheads", type=int, default=8)
-    g.add_argument("--vl_dim_feedforward", type=int, default=2048)
-    g.add_argument("--vl_enc_layers", type=int, default=6)
-    g.add_argument("--vl_dropout", type=float, default=0.1)
+    g.add_argument("--vl_nheads", type=int, default=8, help="attention heads of the fusion encoder")
+    g.add_argument("--vl_dim_feedforward", type=int, default=2048, help="MLP width of the fusion encoder")
+    g.add_argument("--vl_enc_layers", type=int, default=6, help="fusion encoder layers")
+    g.add_argument("--vl_dropout", type=float, default=0.1, help="dropout of the fusion encoder")
     g.add_argument("--normalize_before", action="store_true", help="pre-norm fusion encoder (every official script)")
     g.add_argument("--enable_adaptive_weights", action="store_true",
                    help="adaptive weights on the bridge's multi-layer text features (all non-mixup runs)")
@@ -58,11 +58,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="read checkpoint files that a weights-only load refuses (e.g. OpenAI's TorchScript CLIP "
                         "archives) with full unpickling, which can run code stored in the file: trusted files only")
     g.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root's layout)")
-    g.add_argument("--box_int_truncate", action="store_true",
-                   help="compat: truncate the stored x, y, w, h to int before xywh->xyxy, as the official loader does")
     cli.add_data_args(p, skip=("splitby", "test_split"), data_root="./data/image_data/",
                       split_root="./data/pseudo_samples/", dataset="referit", format="transvg", imsize=224,
                       max_query_len=77, num_workers=None, batch_size=8)
+    cli.set_help(p, dataset="official names: unc | unc+ | gref | gref_umd | referit | flickr | mixup (transvg "
+                            "split files; selects the bridge's text layers); --format seqtr / refer take their own")
 
 
 def model_config_from_args(args, model: Optional[HiVG] = None) -> dict:
@@ -101,10 +101,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use_contrastive_loss", action="store_true", help="CLIP contrastive term (weight 1)")
     g.add_argument("--use_rtcc_constrain_loss", action="store_true", help="alignment focal x20 + dice x2")
     g.add_argument("--use_mask_loss", action="store_true", help="segmentation focal x20 + dice x2")
-    g.add_argument("--aug_crop", action="store_true")
-    g.add_argument("--aug_scale", action="store_true")
-    g.add_argument("--aug_translate", action="store_true")
-    g.add_argument("--aug_blur", action="store_true")
+    g.add_argument("--aug_crop", action="store_true", help="training: half the time resize-crop-resize instead of a plain random resize")
+    g.add_argument("--aug_scale", action="store_true", help="training: long side drawn from imsize - 32 i, i < 7 (else imsize)")
+    g.add_argument("--aug_translate", action="store_true", help="training: image placed at a random offset in the padded input (else centred)")
+    g.add_argument("--aug_blur", action="store_true", help="training: Gaussian blur with probability 0.5")
     g.add_argument("--sup_type", default="full", choices=["full", "un"], help="full: <split>; un: <split>_pseudo")
     g = p.add_argument_group("HiVG loss weights (official hard-coded constants; change them only for from-scratch "
                              "recipes such as the tiny quickstart)")
