@@ -164,10 +164,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad_norm_clip", type=float, default=None, help="0 = off (official 0.15)")
     g.add_argument("--ema_factor", type=float, default=None, help="EMA decay with --ema (0.999)")
     g.add_argument("--lsj", dest="lsj", action="store_true", default=None, help="LargeScaleJitter(0.3, 1.4)")
-    g.add_argument("--no_lsj", dest="lsj", action="store_false", help="no large-scale jitter (preset: off for grefcoco / pre-training)")
+    g.add_argument("--no_lsj", dest="lsj", action="store_false",
+                   help="no large-scale jitter (preset: off for grefcoco / pre-training)")
     g.add_argument("--decoder_weight", type=float, default=None, help="decoder-branch (DB) loss weight (1.0)")
-    g.add_argument("--token_weight", type=float, default=None, help="token-branch (TB) loss weight (2.0); 0 with --distill_weight 0 = TB off")
-    g.add_argument("--distill_weight", type=float, default=None, help="DB -> TB distillation loss weight (1.0; 0 in DB-only presets)")
+    g.add_argument("--token_weight", type=float, default=None,
+                   help="token-branch (TB) loss weight (2.0); 0 with --distill_weight 0 = TB off")
+    g.add_argument("--distill_weight", type=float, default=None,
+                   help="DB -> TB distillation loss weight (1.0; 0 in DB-only presets)")
     g = p.add_argument_group("SimVG evaluation schedule (None = preset)")
     g.add_argument("--evaluate_interval", type=int, default=None, help="epochs between validations")
     g.add_argument("--start_evaluate_epoch", type=int, default=None, help="no validation before this epoch")
@@ -197,7 +200,8 @@ def add_eval_args(p: argparse.ArgumentParser, mode: str = "eval") -> None:
         g.add_argument("--vis", type=int, default=0, help="draw the first N predictions (red; the DB's, else the "
                        "TB's) and GT (green) into <output_dir>/vis_<dataset>_<split>.png")
     else:
-        g.add_argument("--branch", default="decoder", choices=("decoder", "token"), help="branch whose box is predicted")
+        g.add_argument("--branch", default="decoder", choices=("decoder", "token"),
+                       help="branch whose box is predicted")
     cli.add_optim_args(p, only=("amp",))
     cli.add_data_args(p, only=("data_root", "split_root", "format", "num_workers", "batch_size", "eval_batch_size",
                                "box_convention", "skip_bad_targets"), **DATA_DEFAULTS)

@@ -94,3 +94,16 @@ def test_simvg_dataset_choices_are_listed_by_argparse(capsys):
         train.get_args_parser().parse_args(["--dataset", "unc"])
     err = capsys.readouterr().err
     assert "invalid choice: 'unc'" in err and "refcocoggoogle" in err and "cocoall" in err
+
+
+@pytest.mark.parametrize("name,official", [("refcoco+", "unc+"), ("refcocoplus", "unc+"), ("refcocog", "gref_umd"),
+                                           ("refcocoggoogle", "gref"), ("unc+", "unc+"), ("gref", "gref")])
+def test_hivg_seqtr_dataset_names_pick_the_official_text_layers(name, official):
+    """--format seqtr / refer names select the bridge's text layers of the official HiVG name."""
+    from hivg import recipes, train
+    from hivg.config import bridge_text_layers_for
+
+    args = train.get_args_parser().parse_args(["--format", "seqtr", "--dataset", name])
+    cfg = recipes.model_config_from_args(args)
+    assert cfg["dataset"] == official
+    assert bridge_text_layers_for(cfg["dataset"]) == bridge_text_layers_for(official) != bridge_text_layers_for("unc")

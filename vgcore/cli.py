@@ -66,7 +66,7 @@ def add_data_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), onl
     specs = {
         "data_root": (["--data_root"], dict(default="./ln_data", help="images root (per dataset sub-folders)")),
         "split_root": (["--split_root"], dict(default="./data", help="annotation / split files root")),
-        "dataset": (["--dataset"], dict(default="refcoco", help="dataset name of the --format (an unknown name is an error listing the accepted ones)")),
+        "dataset": (["--dataset"], dict(default="refcoco", help="dataset name (an unknown one is an error listing the --format's names)")),
         "format": (["--format"], dict(default="transvg", help="annotation format: transvg | refer | seqtr")),
         "splitby": (["--splitby"], dict(default=None, help="refer split-by (unc, umd, google); None = dataset default")),
         "train_split": (["--train_split"], dict(default="train", help="split trained on")),

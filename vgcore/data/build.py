@@ -8,7 +8,7 @@ official directory layouts so that a user points ``--split_root`` / ``--data_roo
 official code reads, and ``--image_root`` overrides the image folder for everything (the synthetic data,
 or any custom layout).
 
-Image folders below ``--data_root`` (data-and-metrics.md §1a):
+Image folders below ``--data_root`` in each official layout:
 
 =========================  ===========================================  ==============================
 layout                     COCO train2014                               ReferIt / Flickr30k
