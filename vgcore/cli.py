@@ -85,7 +85,7 @@ def add_data_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), onl
                                                                "before xywh->xyxy, as the official loaders do")),
         "skip_bad_targets": (["--skip_bad_targets"], dict(action="store_true",
                                                           help="single-box methods: drop no-target / multi-target "
-                                                               "samples with one warning (default: error at load)")),
+                                                               "samples with one warning instead of failing at load")),
     }
     _apply(g, specs, defaults, "add_data_args", skip, only)
     return g
