@@ -12,7 +12,8 @@ from hivg.model import HiVG, build_model
 from hivg.recipes import add_eval_args, add_model_args, add_train_args, build_hivg, model_config_from_args
 from hivg.weights import load_pretrained
 from vgcore.checkpoint import load_strict
-from vgcore.data.build import load_split
+from vgcore.data.build import SKIP_HINT, box_options, load_split, split_file, target_policy
+from vgcore.data.checks import require_single_target
 from vgcore.data.transforms import build_transforms
 from vgcore.optim import build_optimizer as _build_optimizer, build_param_groups, build_scheduler_from_args
 from vgcore.text import build_tokenizer
@@ -63,12 +64,14 @@ def load(args) -> HiVG:
 
 
 def records(args, split: str, train: bool) -> list:
-    """``--sup_type un`` trains on ``<split>_pseudo``; ``--box_int_truncate``: the official int() of the boxes."""
+    """``--sup_type un`` trains on ``<split>_pseudo``; ``--box_int_truncate``: the official int() of the boxes;
+    a sample without exactly one target box is an error (``--skip_bad_targets``: dropped with a warning)."""
     if train and args.sup_type == "un":
         split = f"{split}_pseudo"
     recs = load_split(args.format, args.dataset, split, split_root=args.split_root, data_root=args.data_root,
-                      image_root=args.image_root or None, layout="hivg",
-                      **({"int_truncate": True} if args.box_int_truncate and args.format == "transvg" else {}))
+                      image_root=args.image_root or None, layout="hivg", **box_options(args))
+    recs = require_single_target(recs, split_file(args.format, args.dataset, split, args.split_root),
+                                 target_policy(args), needed_by="HiVG (one box per expression)", hint=SKIP_HINT)
     if not recs:
         raise ValueError(f"no samples in {args.format} split {split!r} of {args.dataset} under {args.split_root}")
     return recs

@@ -23,6 +23,9 @@ ACCEPTED_EVAL = {"--use_mask_loss": "no loss at evaluation",
                  "--retrain": "evaluation reads --eval_model", "--hi_lora_retrain": "evaluation reads --eval_model",
                  "--hi_lora_clip": "evaluation reads --eval_model"}
 VALUED = ("--lr_exponential", "--retrain", "--hi_lora_retrain", "--hi_lora_clip")
+# dataset names of the seqtr / refer formats -> the official HiVG name that picks the bridge's text layers
+OFFICIAL_NAME = {"refcoco": "unc", "refcoco+": "unc+", "refcocoplus": "unc+", "refcocog": "gref_umd",
+                 "refcocoggoogle": "gref", "flickr30k": "flickr"}
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -31,10 +34,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="ViT-B/16", choices=MODELS,
                    help="CLIP backbone; 'tiny' = small random-init CLIP with the same architecture (synthetic runs)")
     g.add_argument("--vl_hidden_dim", type=int, default=512, help="fusion width = CLIP projection dim (768 for ViT-L/14)")
-    g.add_argument("--vl_nheads", type=int, default=8)
-    g.add_argument("--vl_dim_feedforward", type=int, default=2048)
-    g.add_argument("--vl_enc_layers", type=int, default=6)
-    g.add_argument("--vl_dropout", type=float, default=0.1)
+    g.add_argument("--vl_nheads", type=int, default=8, help="attention heads of the fusion encoder")
+    g.add_argument("--vl_dim_feedforward", type=int, default=2048, help="MLP width of the fusion encoder")
+    g.add_argument("--vl_enc_layers", type=int, default=6, help="fusion encoder layers")
+    g.add_argument("--vl_dropout", type=float, default=0.1, help="dropout of the fusion encoder")
     g.add_argument("--normalize_before", action="store_true", help="pre-norm fusion encoder (every official script)")
     g.add_argument("--enable_adaptive_weights", action="store_true",
                    help="adaptive weights on the bridge's multi-layer text features (all non-mixup runs)")
@@ -44,7 +47,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hi_lora_stage", type=int, default=0, choices=[0, 1, 2, 3],
                    help="0 warm-up; k = Hi LoRA stage k (vision LoRA of blocks <5/<8/<12 + text LoRA trainable)")
     g.add_argument("--bridge_batch_mixing", action="store_true",
-                   help="compat (hivg.md §12.1): the official bridge's cross-sample key/value mixing; on for "
+                   help="compat: the official bridge's cross-sample key/value mixing; on for "
                         "released checkpoints, off (per-sample attention) for new training")
     g.add_argument("--clip_dir", default="", help="plain CLIP weights: HF folder (clip-vit-base-patch16), "
                    "OpenAI/open_clip/HF state dict file, or a folder holding one of them")
@@ -59,17 +62,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="read checkpoint files that a weights-only load refuses (e.g. OpenAI's TorchScript CLIP "
                         "archives) with full unpickling, which can run code stored in the file: trusted files only")
     g.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root's layout)")
-    g.add_argument("--box_int_truncate", action="store_true",
-                   help="compat: truncate the stored x, y, w, h to int before xywh->xyxy, as the official loader does")
     cli.add_data_args(p, skip=("splitby", "test_split"), data_root="./data/image_data/",
                       split_root="./data/pseudo_samples/", dataset="referit", format="transvg", imsize=224,
                       max_query_len=77, num_workers=None, batch_size=8)
+    cli.set_help(p, dataset="official names: unc | unc+ | gref | gref_umd | referit | flickr | mixup (transvg "
+                            "split files; selects the bridge's text layers); --format seqtr / refer take their own")
 
 
 def model_config_from_args(args, model: Optional[HiVG] = None) -> dict:
     if model is not None:
         return model.cfg.to_dict()
-    d = dict(dataset=args.dataset, hi_lora_stage=args.hi_lora_stage, warmup=args.warmup,
+    d = dict(dataset=OFFICIAL_NAME.get(args.dataset, args.dataset), hi_lora_stage=args.hi_lora_stage,
+             warmup=args.warmup,
              mixup_pretrain=args.mixup_pretrain, enable_adaptive_weights=args.enable_adaptive_weights,
              imsize=args.imsize, max_query_len=args.max_query_len, vl_nheads=args.vl_nheads,
              vl_dim_feedforward=args.vl_dim_feedforward, vl_enc_layers=args.vl_enc_layers,
@@ -102,10 +106,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use_contrastive_loss", action="store_true", help="CLIP contrastive term (weight 1)")
     g.add_argument("--use_rtcc_constrain_loss", action="store_true", help="alignment focal x20 + dice x2")
     g.add_argument("--use_mask_loss", action="store_true", help="segmentation focal x20 + dice x2")
-    g.add_argument("--aug_crop", action="store_true")
-    g.add_argument("--aug_scale", action="store_true")
-    g.add_argument("--aug_translate", action="store_true")
-    g.add_argument("--aug_blur", action="store_true")
+    g.add_argument("--aug_crop", action="store_true",
+                   help="training: half the time resize-crop-resize instead of a plain random resize")
+    g.add_argument("--aug_scale", action="store_true",
+                   help="training: long side drawn from imsize - 32 i, i < 7 (else imsize)")
+    g.add_argument("--aug_translate", action="store_true",
+                   help="training: image placed at a random offset in the padded input (else centred)")
+    g.add_argument("--aug_blur", action="store_true", help="training: Gaussian blur with probability 0.5")
     g.add_argument("--sup_type", default="full", choices=["full", "un"], help="full: <split>; un: <split>_pseudo")
     g = p.add_argument_group("HiVG loss weights (official hard-coded constants; change them only for from-scratch "
                              "recipes such as the tiny quickstart)")

@@ -15,7 +15,8 @@ from simvg.recipes import (add_arch_args, add_eval_args, add_selection_args, add
                            compat_switches, model_config_from_args, resolve_preset)
 from simvg.weights import compat_of, load_weights_into, read_weights
 from vgcore import dist
-from vgcore.data.build import load_split
+from vgcore.data.build import SKIP_HINT, box_options, load_split, split_file, target_policy
+from vgcore.data.checks import require_single_target
 from vgcore.data.transforms import build_transforms
 from vgcore.ema import ModelEMA
 from vgcore.optim import build_optimizer as _build_optimizer, build_param_groups, build_scheduler
@@ -110,13 +111,17 @@ def is_multi_source(dataset: str, split: str = "val") -> bool:
 
 
 def records(args, split: str, train: bool) -> list:
-    """The records of every source of (--dataset, split); several sources are tagged ``extra['source']``."""
+    """The records of every source of (--dataset, split); several sources are tagged ``extra['source']``.  Outside
+    grefcoco a sample without exactly one target box is an error (``--skip_bad_targets``: dropped, warned)."""
     parts = sources(args.dataset, split, train)
     recs = []
     for ds, sp in parts:
         kw = {"clip": True} if args.format == "seqtr" else {}
         part = load_split(args.format, ds, sp, split_root=_split_root(args), data_root=args.data_root,
-                          image_root=args.image_root or None, layout="seqtr", **kw)
+                          image_root=args.image_root or None, layout="seqtr", **box_options(args), **kw)
+        if args.dataset != "grefcoco":  # REC: one box per expression; gRefCOCO has no- and multi-target samples
+            part = require_single_target(part, split_file(args.format, ds, sp, _split_root(args)), target_policy(args),
+                                         needed_by=f"SimVG on {args.dataset} (REC)", hint=SKIP_HINT)
         if len(parts) > 1:
             part = [r.replace(extra=dict(r.extra or {}, source=f"{ds}/{sp}")) for r in part]
         recs.extend(part)

@@ -109,7 +109,8 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SimVG recipe selection")
     g.add_argument("--preset", default="onestage", choices=PRESET_NAMES,
                    help="official config family; fills every hyperparameter flag left unset")
-    g.add_argument("--dataset", default="refcoco", choices=DATASETS)
+    g.add_argument("--dataset", default="refcoco", choices=DATASETS,
+                   help="official names; grefcoco is multi/no-target (GREC), mixed / cocoall the pre-training sets")
     g.add_argument("--backbone", default="beit3_base", choices=BACKBONES,
                    help="BEiT-3 base / large (patch 32); 'tiny' = small random-init model for synthetic runs")
     g.add_argument("--pretrain_from", default="cocoall", choices=("mixed", "cocoall"),
@@ -151,24 +152,32 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune_from", default="", help="model weights only, best reset (finetune / distill)")
     cli.add_optim_args(p, only=("lr", "weight_decay", "epochs", "warmup_epochs", "accum_steps", "amp", "ema"),
                        lr=None, weight_decay=None, epochs=None, warmup_epochs=None, ema=None)
+    cli.set_help(p, lr="base learning rate (None = preset: 5e-4 one-stage)",
+                 weight_decay="Adam weight decay (None = preset: 0)",
+                 epochs="training epochs (None = preset: 30; grefcoco one-stage 200)",
+                 warmup_epochs="epochs of linear lr warm-up, (e+1)/(W+1) (None = preset: 3)",
+                 ema="EMA of the weights (None = preset: on only in the base twostage_1 RefCOCO-family recipes)")
     g = p.add_argument_group("SimVG optimisation (None = preset)")
     g.add_argument("--lr_vis_enc_mult", type=float, default=None, help="BEiT-3 lr = lr x this (0.1; 0 freezes BEiT-3)")
     g.add_argument("--decay_steps", type=int, nargs="+", default=None, help="lr x decay_ratio when e+1 >= each")
-    g.add_argument("--decay_ratio", type=float, default=None)
+    g.add_argument("--decay_ratio", type=float, default=None, help="lr factor at each of --decay_steps (0.1)")
     g.add_argument("--grad_norm_clip", type=float, default=None, help="0 = off (official 0.15)")
-    g.add_argument("--ema_factor", type=float, default=None)
+    g.add_argument("--ema_factor", type=float, default=None, help="EMA decay with --ema (0.999)")
     g.add_argument("--lsj", dest="lsj", action="store_true", default=None, help="LargeScaleJitter(0.3, 1.4)")
-    g.add_argument("--no_lsj", dest="lsj", action="store_false")
-    g.add_argument("--decoder_weight", type=float, default=None)
-    g.add_argument("--token_weight", type=float, default=None, help="0 (with --distill_weight 0) = TB off")
-    g.add_argument("--distill_weight", type=float, default=None)
+    g.add_argument("--no_lsj", dest="lsj", action="store_false",
+                   help="no large-scale jitter (preset: off for grefcoco / pre-training)")
+    g.add_argument("--decoder_weight", type=float, default=None, help="decoder-branch (DB) loss weight (1.0)")
+    g.add_argument("--token_weight", type=float, default=None,
+                   help="token-branch (TB) loss weight (2.0); 0 with --distill_weight 0 = TB off")
+    g.add_argument("--distill_weight", type=float, default=None,
+                   help="DB -> TB distillation loss weight (1.0; 0 in DB-only presets)")
     g = p.add_argument_group("SimVG evaluation schedule (None = preset)")
     g.add_argument("--evaluate_interval", type=int, default=None, help="epochs between validations")
     g.add_argument("--start_evaluate_epoch", type=int, default=None, help="no validation before this epoch")
     g.add_argument("--batch_mean_metric", action="store_true",
                    help="also report the official mean of per-batch accuracies (on with --official_compat)")
     cli.add_data_args(p, only=("data_root", "split_root", "format", "train_split", "val_split", "num_workers",
-                               "batch_size", "eval_batch_size"), **DATA_DEFAULTS)
+                               "batch_size", "eval_batch_size", "box_convention", "skip_bad_targets"), **DATA_DEFAULTS)
     cli.add_dist_args(p, skip=("world_size",))
     cli.add_logging_args(p, skip=("eval_every",), output_dir="./outputs", seed=6666)
 
@@ -191,10 +200,11 @@ def add_eval_args(p: argparse.ArgumentParser, mode: str = "eval") -> None:
         g.add_argument("--vis", type=int, default=0, help="draw the first N predictions (red; the DB's, else the "
                        "TB's) and GT (green) into <output_dir>/vis_<dataset>_<split>.png")
     else:
-        g.add_argument("--branch", default="decoder", choices=("decoder", "token"))
+        g.add_argument("--branch", default="decoder", choices=("decoder", "token"),
+                       help="branch whose box is predicted")
     cli.add_optim_args(p, only=("amp",))
-    cli.add_data_args(p, only=("data_root", "split_root", "format", "num_workers", "batch_size", "eval_batch_size"),
-                      **DATA_DEFAULTS)
+    cli.add_data_args(p, only=("data_root", "split_root", "format", "num_workers", "batch_size", "eval_batch_size",
+                               "box_convention", "skip_bad_targets"), **DATA_DEFAULTS)
     cli.add_dist_args(p, skip=("world_size",))
     cli.add_logging_args(p, only=("output_dir", "seed"), output_dir="./outputs", seed=6666)
     # a training command line's logging flag, so that one list of flags serves both scripts

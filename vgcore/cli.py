@@ -20,7 +20,8 @@ import argparse
 import sys
 from typing import Any, Dict, Iterable, Optional
 
-__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_accepted_args", "str2bool"]
+__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_accepted_args", "str2bool",
+           "set_help"]
 
 
 def str2bool(v) -> bool:
@@ -65,17 +66,26 @@ def add_data_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), onl
     specs = {
         "data_root": (["--data_root"], dict(default="./ln_data", help="images root (per dataset sub-folders)")),
         "split_root": (["--split_root"], dict(default="./data", help="annotation / split files root")),
-        "dataset": (["--dataset"], dict(default="refcoco", help="refcoco | refcoco+ | refcocog | referit | flickr | grefcoco | ...")),
+        "dataset": (["--dataset"], dict(default="refcoco", help="dataset name (an unknown one is an error listing the --format's names)")),
         "format": (["--format"], dict(default="transvg", help="annotation format: transvg | refer | seqtr")),
         "splitby": (["--splitby"], dict(default=None, help="refer split-by (unc, umd, google); None = dataset default")),
-        "train_split": (["--train_split"], dict(default="train")),
-        "val_split": (["--val_split"], dict(default="val")),
+        "train_split": (["--train_split"], dict(default="train", help="split trained on")),
+        "val_split": (["--val_split"], dict(default="val", help="split validated on after each epoch (selects the best checkpoint)")),
         "test_split": (["--test_split"], dict(default=None, help="split(s) for eval.py, comma separated")),
         "imsize": (["--imsize"], dict(type=int, default=640, help="input size (pixels)")),
-        "max_query_len": (["--max_query_len"], dict(type=int, default=20)),
-        "num_workers": (["--num_workers"], dict(type=int, default=4)),
+        "max_query_len": (["--max_query_len"], dict(type=int, default=20, help="text tokens per expression (longer ones are cut)")),
+        "num_workers": (["--num_workers"], dict(type=int, default=4, help="data loader workers per process (None: from the CPU count)")),
         "batch_size": (["--batch_size"], dict(type=int, default=32, help="per process")),
         "eval_batch_size": (["--eval_batch_size"], dict(type=int, default=None, help="per process; default = --batch_size")),
+        "box_convention": (["--box_convention"], dict(default=None, choices=["xywh", "xyxy"],
+                                                      help="stored box layout of transvg split files; default: the "
+                                                           "dataset's (xyxy for referit / flickr, else xywh)")),
+        "box_int_truncate": (["--box_int_truncate"], dict(action="store_true",
+                                                          help="truncate the stored transvg box numbers to int "
+                                                               "before xywh->xyxy, as the official loaders do")),
+        "skip_bad_targets": (["--skip_bad_targets"], dict(action="store_true",
+                                                          help="single-box methods: drop no-target / multi-target "
+                                                               "samples with one warning instead of failing at load")),
     }
     _apply(g, specs, defaults, "add_data_args", skip, only)
     return g
@@ -85,26 +95,26 @@ def add_optim_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), on
                    **defaults) -> argparse._ArgumentGroup:
     g = parser.add_argument_group("optimisation")
     specs = {
-        "optimizer": (["--optimizer"], dict(default="adamw", choices=["adamw", "adam", "sgd"])),
+        "optimizer": (["--optimizer"], dict(default="adamw", choices=["adamw", "adam", "sgd"], help="optimizer")),
         "lr": (["--lr"], dict(type=float, default=1e-4, help="base learning rate")),
-        "weight_decay": (["--weight_decay"], dict(type=float, default=1e-4)),
-        "epochs": (["--epochs"], dict(type=int, default=90)),
-        "lr_scheduler": (["--lr_scheduler"], dict(default="step", choices=["constant", "step", "cosine", "poly", "linear"])),
+        "weight_decay": (["--weight_decay"], dict(type=float, default=1e-4, help="weight decay")),
+        "epochs": (["--epochs"], dict(type=int, default=90, help="training epochs")),
+        "lr_scheduler": (["--lr_scheduler"], dict(default="step", choices=["constant", "step", "cosine", "poly", "linear"], help="learning-rate schedule")),
         "lr_interval": (["--lr_interval"], dict(default="epoch", choices=["epoch", "step"],
                                                 help="schedule stepped per epoch or per optimizer step")),
         "lr_milestones": (["--lr_milestones"], dict(type=int, nargs="*", default=[], help="epochs (step schedule)")),
         "lr_drop": (["--lr_drop"], dict(type=int, default=None, help="StepLR step size in epochs (step schedule)")),
-        "lr_gamma": (["--lr_gamma"], dict(type=float, default=0.1)),
+        "lr_gamma": (["--lr_gamma"], dict(type=float, default=0.1, help="lr factor at each step (step schedule)")),
         "lr_power": (["--lr_power"], dict(type=float, default=0.9, help="poly schedule power")),
-        "min_lr_ratio": (["--min_lr_ratio"], dict(type=float, default=0.0)),
-        "warmup_epochs": (["--warmup_epochs"], dict(type=float, default=0.0)),
+        "min_lr_ratio": (["--min_lr_ratio"], dict(type=float, default=0.0, help="final lr / base lr (cosine, poly, linear)")),
+        "warmup_epochs": (["--warmup_epochs"], dict(type=float, default=0.0, help="linear lr warm-up length in epochs (0 = none)")),
         "warmup_steps": (["--warmup_steps"], dict(type=int, default=None, help="overrides --warmup_epochs with --lr_interval step")),
-        "warmup_start_factor": (["--warmup_start_factor"], dict(type=float, default=0.0)),
+        "warmup_start_factor": (["--warmup_start_factor"], dict(type=float, default=0.0, help="lr factor at the start of the warm-up")),
         "clip_max_norm": (["--clip_max_norm"], dict(type=float, default=0.0, help="0 = no clipping")),
         "accum_steps": (["--accum_steps"], dict(type=int, default=1, help="gradient accumulation steps")),
-        "amp": (["--amp"], dict(default="none", choices=["none", "bf16", "fp16"])),
-        "ema": (["--ema"], dict(type=str2bool, nargs="?", const=True, default=False)),
-        "ema_decay": (["--ema_decay"], dict(type=float, default=0.999)),
+        "amp": (["--amp"], dict(default="none", choices=["none", "bf16", "fp16"], help="mixed precision (none = float32)")),
+        "ema": (["--ema"], dict(type=str2bool, nargs="?", const=True, default=False, help="keep an exponential moving average of the weights; it is evaluated and saved")),
+        "ema_decay": (["--ema_decay"], dict(type=float, default=0.999, help="EMA decay per optimizer step")),
     }
     _apply(g, specs, defaults, "add_optim_args", skip, only)
     return g
@@ -129,9 +139,9 @@ def add_logging_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), 
                      **defaults) -> argparse._ArgumentGroup:
     g = parser.add_argument_group("logging / output")
     specs = {
-        "output_dir": (["--output_dir"], dict(default="./outputs")),
+        "output_dir": (["--output_dir"], dict(default="./outputs", help="checkpoints, logs and evaluation results")),
         "resume": (["--resume"], dict(default="", help="vgcore checkpoint to resume from (exact resume)")),
-        "seed": (["--seed"], dict(type=int, default=13)),
+        "seed": (["--seed"], dict(type=int, default=13, help="random seed (offset by the rank)")),
         "log_every": (["--log_every"], dict(type=int, default=50, help="batches between log lines")),
         "checkpoint_every_steps": (["--checkpoint_every_steps"], dict(type=int, default=0,
                                                                       help="mid-epoch checkpoints (optimizer steps); 0 = per epoch only")),
@@ -140,7 +150,7 @@ def add_logging_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), 
         "stop_after_steps": (["--stop_after_steps"], dict(type=int, default=None,
                                                           help="stop the run after this many batches in total "
                                                                "(checkpointed; continue with --resume)")),
-        "tensorboard": (["--tensorboard"], dict(type=str2bool, nargs="?", const=True, default=True)),
+        "tensorboard": (["--tensorboard"], dict(type=str2bool, nargs="?", const=True, default=True, help="also write tensorboard logs to --output_dir (true / false)")),
     }
     _apply(g, specs, defaults, "add_logging_args", skip, only)
     return g
@@ -172,3 +182,13 @@ def add_accepted_args(parser: argparse.ArgumentParser, flags: Dict[str, str], va
         g.add_argument(flag, action=_Ignored, why=why, nargs=None if flag in valued else 0,
                        default=None, help=f"ignored: {why}")
     return g
+
+
+def set_help(parser: argparse.ArgumentParser, **helps: str) -> None:
+    """Replace the help of flags already added (by ``dest``), e.g. a method's own list of dataset names."""
+    actions = {a.dest: a for a in parser._actions}
+    unknown = set(helps) - set(actions)
+    if unknown:
+        raise TypeError(f"set_help: no flag(s) {sorted(unknown)}")
+    for dest, text in helps.items():
+        actions[dest].help = text

@@ -8,7 +8,7 @@ official directory layouts so that a user points ``--split_root`` / ``--data_roo
 official code reads, and ``--image_root`` overrides the image folder for everything (the synthetic data,
 or any custom layout).
 
-Image folders below ``--data_root`` (data-and-metrics.md §1a):
+Image folders below ``--data_root`` in each official layout:
 
 =========================  ===========================================  ==============================
 layout                     COCO train2014                               ReferIt / Flickr30k
@@ -29,14 +29,16 @@ import torch
 
 from ..dist import build_loader
 from .dataset import Collate, GroundingDataset
+from .errors import DataError
 from .formats import refer as refer_fmt
 from .formats import seqtr as seqtr_fmt
 from .formats import transvg as transvg_fmt
 from .image import load_image
 from .sample import Record
 
-__all__ = ["image_roots", "load_split", "default_workers", "build_grounding_loader", "single_batch", "SEQTR_DIRS",
-           "REFER_DATASETS", "SEQTR_OLD_DIRS", "seqtr_annotation_path"]
+__all__ = ["image_roots", "load_split", "split_file", "box_options", "target_policy", "default_workers",
+           "build_grounding_loader", "single_batch", "SEQTR_DIRS", "REFER_DATASETS", "SKIP_HINT", "SEQTR_OLD_DIRS",
+           "seqtr_annotation_path"]
 
 _COCO_SETS = {"unc", "unc+", "gref", "gref_umd", "refcoco", "refcoco+", "refcocoplus", "refcocog",
               "refcocogumd", "refcocoggoogle", "grefcoco", "cocoall"}
@@ -99,16 +101,59 @@ def _source(dataset: str) -> str:
     return "coco"
 
 
+def split_file(fmt: str, dataset: str, split: str, split_root: str) -> str:
+    """The annotation file `load_split` reads for (fmt, dataset, split): for messages that name it."""
+    if fmt == "transvg":
+        return transvg_fmt.split_path(split_root, dataset, split)
+    if fmt == "refer":
+        name, split_by = REFER_DATASETS.get(dataset, (dataset, "unc"))
+        return f"{refer_fmt.refs_path(split_root, name, split_by)} ({split})"
+    return f"{seqtr_annotation_path(split_root, dataset)} ({split})"
+
+
+def _check_dataset(fmt: str, dataset: str, split_root: str, box_convention: Optional[str]) -> None:
+    """A dataset name the format does not know is an error listing the names it does (a custom folder below
+    ``--split_root``, or ``--split_root`` naming the file itself, is accepted for seqtr and refer)."""
+    if fmt == "transvg":
+        known = transvg_fmt.DATASETS
+        if dataset in known or box_convention is not None:
+            return
+        extra = "; other TransVG-style split files need --box_convention xywh or xyxy"
+    elif fmt == "seqtr":
+        known = tuple(SEQTR_DIRS)
+        if dataset in known or Path(split_root).is_file() or (Path(split_root) / dataset).is_dir():
+            return
+        extra = f"; or a folder {Path(split_root) / dataset} holding instances.json"
+    elif fmt == "refer":
+        known = tuple(REFER_DATASETS)
+        if dataset in known or (Path(split_root) / dataset).is_dir():
+            return
+        extra = f"; or a refer folder {Path(split_root) / dataset}"
+    else:
+        raise ValueError(f"unknown annotation format {fmt!r} (transvg | refer | seqtr)")
+    raise DataError(f"--dataset {dataset!r} is not a {fmt} dataset name: use one of {', '.join(known)}{extra}")
+
+
 def load_split(fmt: str, dataset: str, split: str, *, split_root: str, data_root: str = "",
-               image_root: Optional[str] = None, layout: str = "hivg", on_error: str = "raise", **kw) -> list:
+               image_root: Optional[str] = None, layout: str = "hivg", on_error: str = "raise",
+               box_convention: Optional[str] = None, int_truncate: bool = False, **kw) -> list:
     """Records of one split.
 
     fmt: ``transvg`` (``<split_root>/<dataset>/<dataset>_<split>.pth``), ``refer``
     (``<split_root>/<refer dataset>/refs(<splitBy>).p``), ``seqtr``
     (``<split_root>/<seqtr dir>/instances.json`` or ``<split_root>`` itself when it is a file).
     ``image_root`` (one folder for every source) wins over the layout's folders below ``data_root``.
-    Extra keyword arguments go to the format's reader (e.g. ``int_truncate=True``).
+    ``box_convention`` ("xywh" | "xyxy", default: the dataset's) and ``int_truncate`` (the official int cast of
+    the stored numbers) apply to transvg split files; refer and seqtr files store COCO xywh floats, and either
+    option with them is an error.  An unknown dataset name is an error listing the format's names.
+    Extra keyword arguments go to the format's reader (e.g. ``clip=True`` for seqtr).
     """
+    _check_dataset(fmt, dataset, split_root, box_convention)
+    if fmt != "transvg" and (box_convention is not None or int_truncate):
+        raise DataError(f"--box_convention / --box_int_truncate apply to transvg split files only; {fmt} "
+                        f"annotations store COCO xywh boxes")
+    if fmt == "transvg":
+        kw = dict(kw, box_convention=box_convention, int_truncate=int_truncate)
     roots = image_roots(data_root or ".", layout)
     if image_root:
         root = image_root
@@ -128,10 +173,25 @@ def load_split(fmt: str, dataset: str, split: str, *, split_root: str, data_root
     if fmt == "refer":
         name, split_by = REFER_DATASETS.get(dataset, (dataset, kw.pop("split_by", "unc")))
         return refer_fmt.read_refer(split_root, name, split_by, split=split, image_root=root, on_error=on_error, **kw)
-    if fmt == "seqtr":
-        p = seqtr_annotation_path(split_root, dataset)
-        return seqtr_fmt.read_seqtr(str(p), split=split, image_root=root, dataset=dataset, on_error=on_error, **kw)
-    raise ValueError(f"unknown annotation format {fmt!r} (transvg | refer | seqtr)")
+    if fmt != "seqtr":
+        raise ValueError(f"unknown annotation format {fmt!r} (transvg | refer | seqtr)")
+    p = seqtr_annotation_path(split_root, dataset)
+    return seqtr_fmt.read_seqtr(str(p), split=split, image_root=root, dataset=dataset, on_error=on_error, **kw)
+
+
+def box_options(args) -> dict:
+    """The box flags of the data group (``--box_convention``, ``--box_int_truncate``) as `load_split` keywords
+    (a flag the parser does not have is left at the reader's default)."""
+    return {"box_convention": getattr(args, "box_convention", None),
+            "int_truncate": bool(getattr(args, "box_int_truncate", False))}
+
+
+def target_policy(args) -> str:
+    """``on_bad`` of `vgcore.data.checks.require_single_target` for the flags: "skip" with --skip_bad_targets."""
+    return "skip" if getattr(args, "skip_bad_targets", False) else "raise"
+
+
+SKIP_HINT = "Pass --skip_bad_targets to drop such samples (counted, with one warning), or use a single-target split"
 
 
 def default_workers(requested: Optional[int]) -> int:
