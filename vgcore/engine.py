@@ -162,12 +162,12 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _progress_line(epoch: int, step: int, stop: Optional[int], vals: Mapping[str, float], lr: float,
+def _progress_line(epoch: int, step: int, total: Optional[int], vals: Mapping[str, float], lr: float,
                    images_per_s: float, eta: Optional[float]) -> str:
-    """``epoch E step S/N  loss L  <term> V ...  lr X  R img/s  eta H:MM:SS`` (the text progress line)."""
+    """``epoch E step S/N  loss L  <term> V ...  lr X  R img/s  eta H:MM:SS`` (the text progress line; N = batches
+    of the epoch, the ETA is to the end of this run's part of it)."""
     terms = ([("loss", vals["loss"])] if "loss" in vals else []) + [(k, v) for k, v in vals.items() if k != "loss"]
-    total = f"/{stop}" if stop is not None else ""
-    parts = [f"epoch {epoch} step {step}{total}"] + [f"{k} {v:.4f}" for k, v in terms]
+    parts = [f"epoch {epoch} step {step}{f'/{total}' if total is not None else ''}"] + [f"{k} {v:.4f}" for k, v in terms]
     parts += [f"lr {lr:.3e}", f"{images_per_s:.1f} img/s"]
     if eta is not None:
         parts.append(f"eta {_hms(eta)}")
@@ -327,7 +327,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: Callable, loader, optimiz
             if text_lines:
                 dt = max(time.time() - t_win, 1e-9)
                 eta = (stop - step) * dt / n_win if stop is not None else None
-                log.info(_progress_line(epoch, step, stop, vals, lr, img_win * world / dt, eta))
+                log.info(_progress_line(epoch, step, full, vals, lr, img_win * world / dt, eta))
             win, n_win, img_win, t_win = {}, 0, 0, time.time()
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in list(vals.items())[:4]} | {"lr": f"{lr:.2e}"})
