@@ -39,7 +39,7 @@ is moved with ``Batch.to``, ``post = postprocess(outputs, batch)`` is computed b
 are updated.  ``accumulators`` is either one object (then ``post`` is the kwargs of its ``update``) or a dict
 ``name -> accumulator`` (then ``post[name]`` is the kwargs -- or an args tuple -- for that one).  Afterwards
 every accumulator is ``all_reduce``'d and ``compute``'d; the merged dict is returned (keys prefixed
-``name/`` only when two accumulators report the same key).
+``name/`` only when two accumulators report the same key; counts such as ``n`` as ints, `integral_counts`).
 """
 from __future__ import annotations
 
