@@ -56,7 +56,7 @@ run "$PYTHON" hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS
     --split_root "$DATA/split/data" --image_root "$DATA/images" \
     --batch_size "$BATCH" --lr 1e-3 --epochs "$EPOCHS" --lr_scheduler cosine --lr_interval step --warmup_steps 50 \
     --vl_dropout 0 --use_rtcc_constrain_loss --use_mask_loss --align_focal_coef 1 --seg_focal_coef 1 \
-    --device "$QS_DEVICE" --num_workers 0 --log_every 20 --output_dir "$OUT/hivg"
+    --device "$QS_DEVICE" --num_workers 0 --log_every 20 --output_dir "$OUT/hivg" --overwrite
 run "$PYTHON" hivg/eval.py --eval_model "$OUT/hivg/best_checkpoint.pth" --eval_set val --dataset unc \
     --split_root "$DATA/split/data" --image_root "$DATA/images" --device "$QS_DEVICE" --num_workers 1 \
     --vis 16 --output_dir "$OUT/hivg"

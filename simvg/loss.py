@@ -16,6 +16,10 @@ those matched DB boxes (detached, label 0); each TB loss matches the TB afresh a
 W is a scalar per process (not all-reduced, as official).  Deviation: when the batch has no GT box at all
 (gRefCOCO no-target batch) the official W = mean(empty) = NaN; here W = 0.
 
+Non-finite model outputs: the criterion first checks the predictions it is about to match (one fused
+``isfinite`` reduction, `vgcore.engine.assert_finite`, placed where the matcher synchronises with the host
+anyway) and raises `vgcore.engine.NonFiniteError` naming them -- the Hungarian matcher never sees NaN / inf.
+
 Targets: ``batch.target_boxes`` (list of [N_i, 4] normalised cxcywh, N_i = 0 for no-target), label 0 each.
 Official presets: ViT-B single-dataset one-stage / two-stage-2: (λ_dec, λ_t, λ_d) = (1, 2, 1); ViT-L and the
 coco-all two-stage distillation: (1, 1, 0.4); stage-1 / pre-training / fine-tuning: (1, 0, 0).
@@ -29,8 +33,11 @@ import torch
 from torch import nn
 
 from vgcore.boxes import box_cxcywh_to_xyxy, box_iou_elementwise
+from vgcore.engine import assert_finite
 from vgcore.models.matcher import (HungarianMatcher, SetCriterion, flatten_matches, num_boxes_all_ranks, pad_targets,
                                    weighted_sum)
+
+_MATCHED = ("decoder_logits", "decoder_boxes", "token_logits", "token_boxes")
 
 __all__ = ["SimVGLossConfig", "SimVGCriterion", "LOSS_PRESETS", "targets_from_boxes", "distill_targets"]
 
@@ -144,6 +151,14 @@ class SimVGCriterion(nn.Module):
         targets = targets_from_boxes(boxes, ref.device)
         if len(targets) != ref.shape[0]:
             raise ValueError(f"SimVGCriterion: {len(targets)} target lists for a batch of {ref.shape[0]}")
+        matched = {}
+        for k in _MATCHED:
+            v = outputs.get(k)
+            if isinstance(v, (list, tuple)):
+                matched.update({f"{k}[{i}]": t for i, t in enumerate(v)})
+            elif v is not None:
+                matched[k] = v
+        assert_finite(matched, "SimVG outputs (before the Hungarian matcher)")
         n_gt = num_boxes_all_ranks(targets, ref.device)
         out: Dict[str, torch.Tensor] = {}
         total = ref.new_zeros(())

@@ -151,6 +151,10 @@ def add_logging_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), 
                                                           help="stop the run after this many batches in total "
                                                                "(checkpointed; continue with --resume)")),
         "tensorboard": (["--tensorboard"], dict(type=str2bool, nargs="?", const=True, default=True, help="also write tensorboard logs to --output_dir (true / false)")),
+        "overwrite": (["--overwrite"], dict(action="store_true",
+                                            help="start over in an --output_dir that holds a previous run (deletes its checkpoints and logs)")),
+        "allow_resume_changes": (["--allow_resume_changes"], dict(action="store_true",
+                                                                  help="accept a --batch_size / --lr / --accum_steps that differs from the resumed run's")),
     }
     _apply(g, specs, defaults, "add_logging_args", skip, only)
     return g

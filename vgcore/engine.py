@@ -20,9 +20,17 @@ with ``.to(device)`` and ``len()`` works).
 * ``checkpoint_fn(epoch, step)`` is called after every ``checkpoint_every``-th optimizer step of the epoch
   (counted from the epoch start, so resuming keeps the same cadence; on all ranks -- saving is collective), ``max_steps`` stops the epoch after that many batches (counted from 0 including
   ``start_step``), useful for tests and time-boxed runs.
-* Logging: loss terms are summed on device every batch (no host sync); every ``log_every`` batches they are
-  averaged over ranks and the window, shown on the rank-0 tqdm bar and written to tensorboard by `Logger`.
-  A non-finite loss raises ``FloatingPointError`` at the next log point.
+* Non-finite loss: every batch, the scalar loss terms are checked with one fused ``isfinite`` reduction
+  (all-reduced when distributed, so every rank stops together) and one host sync -- the only per-step sync of
+  the loop.  A non-finite term raises `NonFiniteError` before ``backward``, naming the epoch, the step (batches
+  of the epoch done, counting the failing one), the non-finite terms and the learning rate; the weights are
+  those of the last good step.  A criterion that must not see non-finite model outputs (e.g. a Hungarian
+  matcher) checks them first with `assert_finite` (SimVG's does); its `NonFiniteError` is reported the same
+  way.
+* Logging: loss terms are summed on device every batch; every ``log_every`` batches they are averaged over
+  ranks and the window, shown on the rank-0 tqdm bar (when stderr is a terminal), written to tensorboard by
+  `Logger` and, when stdout is not a terminal (a log file, a batch job), printed as one text line
+  ``epoch E step S/N  loss ...  <term> ...  lr ...  <images/s> img/s  eta H:MM:SS``.
 
 `evaluate`
 ----------
@@ -31,13 +39,12 @@ is moved with ``Batch.to``, ``post = postprocess(outputs, batch)`` is computed b
 are updated.  ``accumulators`` is either one object (then ``post`` is the kwargs of its ``update``) or a dict
 ``name -> accumulator`` (then ``post[name]`` is the kwargs -- or an args tuple -- for that one).  Afterwards
 every accumulator is ``all_reduce``'d and ``compute``'d; the merged dict is returned (keys prefixed
-``name/`` only when two accumulators report the same key).
+``name/`` only when two accumulators report the same key; counts such as ``n`` as ints, `integral_counts`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -48,7 +55,8 @@ import torch
 
 from . import dist
 
-__all__ = ["Logger", "build_grad_scaler", "autocast_context", "train_one_epoch", "evaluate", "AMP_MODES"]
+__all__ = ["Logger", "build_grad_scaler", "autocast_context", "train_one_epoch", "evaluate", "AMP_MODES",
+           "NonFiniteError", "assert_finite", "integral_counts"]
 
 AMP_MODES = ("none", "bf16", "fp16")
 
@@ -97,6 +105,73 @@ class Logger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+# --------------------------------------------------------------------------------------------- finiteness
+class NonFiniteError(FloatingPointError):
+    """A loss term or a model output is NaN / inf; ``names`` lists which."""
+
+    def __init__(self, msg: str, names=()):
+        super().__init__(msg)
+        self.names = list(names)
+
+
+def _finite_flag(tensors) -> torch.Tensor:
+    """One fused reduction: 1.0 (device scalar) when every element of every tensor is finite, else 0.0;
+    all-reduced (minimum over ranks) when distributed.  No host sync."""
+    if not tensors:
+        return torch.ones(())
+    flat = torch.cat([t.detach().float().reshape(-1) for t in tensors])
+    flag = torch.isfinite(flat).all().float().reshape(1)
+    if dist.get_world_size() > 1:
+        bad = 1.0 - flag
+        dist.all_reduce_sum(bad)
+        flag = (bad == 0).float()
+    return flag[0]
+
+
+def _nonfinite_names(named: Mapping[str, torch.Tensor]) -> list:
+    return [k for k, v in named.items() if not bool(torch.isfinite(v.detach()).all())]
+
+
+def assert_finite(named: Mapping[str, torch.Tensor], what: str = "model outputs") -> None:
+    """Raise `NonFiniteError` when a tensor of ``named`` holds NaN / inf: one fused ``isfinite`` reduction
+    and one host sync (collective when distributed: every rank raises together)."""
+    named = {k: v for k, v in named.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()}
+    if not named or bool(_finite_flag(list(named.values())).item()):
+        return
+    names = _nonfinite_names(named)
+    raise NonFiniteError(f"non-finite {what}: {', '.join(names) or '(on another rank)'}", names)
+
+
+_COUNT_PARTS = ("n", "count")
+
+
+def _is_count(key: str) -> bool:
+    return any(p in _COUNT_PARTS or p.startswith("n_") or p.startswith("num_") or p.endswith("_count")
+               for p in key.split("/"))
+
+
+def integral_counts(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """``values`` with the counts (keys ``n``, ``n_*``, ``num_*``, ``*count``, per ``/`` part) as ints."""
+    return {k: int(v) if isinstance(v, float) and _is_count(k) and v.is_integer() else v for k, v in values.items()}
+
+
+def _hms(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _progress_line(epoch: int, step: int, total: Optional[int], vals: Mapping[str, float], lr: float,
+                   images_per_s: float, eta: Optional[float]) -> str:
+    """``epoch E step S/N  loss L  <term> V ...  lr X  R img/s  eta H:MM:SS`` (the text progress line; N = batches
+    of the epoch, the ETA is to the end of this run's part of it)."""
+    terms = ([("loss", vals["loss"])] if "loss" in vals else []) + [(k, v) for k, v in vals.items() if k != "loss"]
+    parts = [f"epoch {epoch} step {step}{f'/{total}' if total is not None else ''}"] + [f"{k} {v:.4f}" for k, v in terms]
+    parts += [f"lr {lr:.3e}", f"{images_per_s:.1f} img/s"]
+    if eta is not None:
+        parts.append(f"eta {_hms(eta)}")
+    return "  ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------- AMP
@@ -176,14 +251,18 @@ def train_one_epoch(model: torch.nn.Module, criterion: Callable, loader, optimiz
     log = logger or Logger(enabled=False)
     bar = _progress(stop, start_step, f"epoch {epoch}", progress and dist.is_main_process())
 
+    text_lines = log.enabled and not sys.stdout.isatty()  # a log file / batch job: plain progress lines
+    world = dist.get_world_size()
+
     sums: Dict[str, torch.Tensor] = {}  # epoch sums (device tensors)
     win: Dict[str, torch.Tensor] = {}  # log-window sums
     n_seen = n_win = 0
+    img_win = 0  # samples of this rank in the log window
     opt_steps = 0
     step = start_step
     completed = True  # set False when max_steps stops the epoch early
     optimizer.zero_grad(set_to_none=True)
-    t0 = time.time()
+    t0 = t_win = time.time()
     it = iter(loader)
     while True:
         if max_steps is not None and step >= max_steps:
@@ -201,7 +280,15 @@ def train_one_epoch(model: torch.nn.Module, criterion: Callable, loader, optimiz
         with sync_ctx:
             with autocast_context(amp, device):
                 outputs = model(batch)
-                losses = criterion(outputs, batch)
+                try:
+                    losses = criterion(outputs, batch)
+                except NonFiniteError as e:
+                    raise _nonfinite(e, epoch, step + 1, optimizer) from None
+            terms = {k: v for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}
+            if not bool(_finite_flag(list(terms.values())).item()):  # the one host sync of the step
+                bad = _nonfinite_names(terms)
+                raise _nonfinite(NonFiniteError(f"non-finite loss: {', '.join(bad) or '(on another rank)'}", bad),
+                                 epoch, step + 1, optimizer, terms)
             loss = losses["loss"]
             scaled = loss.float() / accum_steps
             if scaler is not None:
@@ -209,13 +296,13 @@ def train_one_epoch(model: torch.nn.Module, criterion: Callable, loader, optimiz
             else:
                 scaled.backward()
         with torch.no_grad():
-            for k, v in losses.items():
-                if torch.is_tensor(v) and v.numel() == 1:
-                    v = v.detach().float()
-                    sums[k] = sums[k] + v if k in sums else v.clone()
-                    win[k] = win[k] + v if k in win else v.clone()
+            for k, v in terms.items():
+                v = v.detach().float().reshape(())
+                sums[k] = sums[k] + v if k in sums else v.clone()
+                win[k] = win[k] + v if k in win else v.clone()
         n_seen += 1
         n_win += 1
+        img_win += len(batch)
         step += 1
         if boundary:
             if scaler is not None:
@@ -236,10 +323,12 @@ def train_one_epoch(model: torch.nn.Module, criterion: Callable, loader, optimiz
                 ema.update(model)
         if step % log_every == 0 or (stop is not None and step == stop):
             vals = _reduce_means(win, n_win)
-            win, n_win = {}, 0
-            if not math.isfinite(vals.get("loss", 0.0)):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}: {vals}")
             lr = optimizer.param_groups[0]["lr"]
+            if text_lines:
+                dt = max(time.time() - t_win, 1e-9)
+                eta = (stop - step) * dt / n_win if stop is not None else None
+                log.info(_progress_line(epoch, step, full, vals, lr, img_win * world / dt, eta))
+            win, n_win, img_win, t_win = {}, 0, 0, time.time()
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in list(vals.items())[:4]} | {"lr": f"{lr:.2e}"})
             gstep = epoch * (full or 0) + step
@@ -256,9 +345,20 @@ def train_one_epoch(model: torch.nn.Module, criterion: Callable, loader, optimiz
     if completed and scheduler is not None and not sched_per_step:
         scheduler.step()
     stats = _reduce_means(sums, n_seen)
-    stats.update({"lr": optimizer.param_groups[0]["lr"], "steps": float(step), "optimizer_steps": float(opt_steps),
+    stats.update({"lr": optimizer.param_groups[0]["lr"], "steps": step, "optimizer_steps": opt_steps,
                   "completed": 1.0 if completed else 0.0, "time": time.time() - t0})
     return stats
+
+
+def _nonfinite(err: NonFiniteError, epoch: int, step: int, optimizer, terms=None) -> NonFiniteError:
+    """The stop message: where (epoch, step), what (the non-finite names, the other terms' values) and the lr."""
+    lrs = sorted({g["lr"] for g in optimizer.param_groups})
+    vals = ""
+    if terms:
+        vals = " (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()) + ")"
+    msg = (f"{err} at epoch {epoch} step {step}{vals}; lr {', '.join(f'{x:.3e}' for x in lrs)}.  Training stopped "
+           f"before this step's update; the last checkpoint holds the weights of an earlier step.")
+    return NonFiniteError(msg, err.names)
 
 
 def _reduce_means(sums: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
@@ -317,6 +417,7 @@ def evaluate(model: torch.nn.Module, loader, device="cpu", *, postprocess: Calla
     for name, r in computed.items():
         for k, v in r.items():
             results[f"{name}/{k}" if clash and name else k] = v
+    results = integral_counts(results)
     if logger is not None and log_step is not None:
         logger.scalars(results, log_step, prefix=prefix)
     return results

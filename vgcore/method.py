@@ -42,7 +42,10 @@ Optional
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List
@@ -55,11 +58,11 @@ from .data.build import build_grounding_loader, single_batch
 from .data.image import load_image
 from .engine import Logger, build_grad_scaler, evaluate as run_evaluation
 from .optim import describe_param_groups
-from .trainer import fit
+from .trainer import fit, prepare_output_dir, wrap_ddp
 from .viz import draw_grounding, save_prediction_grid
 
 __all__ = ["REQUIRED", "OPTIONAL", "check", "train_parser", "eval_parser", "predict_parser", "train", "evaluate",
-           "predict", "build_loader", "save_visualisation"]
+           "predict", "build_loader", "save_visualisation", "ensure_writable"]
 
 REQUIRED = ("NAME", "add_args", "build", "load", "records", "pipeline", "make_postprocess", "make_accumulators",
             "build_optimizer", "loop_config", "predictions", "convert")
@@ -116,6 +119,20 @@ def build_loader(method: ModuleType, args: argparse.Namespace, model, split: str
                                   train=train, seed=args.seed, num_workers=args.num_workers)
 
 
+def ensure_writable(directory) -> Path:
+    """Create ``directory`` if needed and prove a file can be written there (`SystemExit` otherwise): run
+    before any model work so that nothing computed is lost to an unwritable output location."""
+    d = Path(directory or ".")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=str(d))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SystemExit(f"output location {d} is not writable ({e.strerror or e}); choose another one") from None
+    return d
+
+
 def _count(model: torch.nn.Module, trainable: bool = False) -> float:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable) / 1e6
 
@@ -126,8 +143,12 @@ def train(method: ModuleType, args: argparse.Namespace) -> Dict[str, Any]:
     info = dist.init_distributed(backend=args.dist_backend, device=args.device)
     dist.seed_everything(args.seed, info.rank)
     device = info.device
-    loop = method.loop_config(args)
+    loop = dataclasses.replace(method.loop_config(args), overwrite=bool(getattr(args, "overwrite", False)),
+                               allow_resume_changes=bool(getattr(args, "allow_resume_changes", False)))
+    notes = prepare_output_dir(loop)
     logger = Logger(loop.output_dir, tensorboard=loop.tensorboard)
+    for note in notes:
+        logger.info(note)
     logger.info("args: " + json.dumps(vars(args), default=str))
 
     model, criterion = method.build(args, logger)
@@ -143,8 +164,7 @@ def train(method: ModuleType, args: argparse.Namespace) -> Dict[str, Any]:
 
     ddp = model
     if info.distributed:  # unused parameters are allowed: e.g. a branch a recipe switches off
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        ddp = wrap_ddp(model, device, find_unused_parameters=True)
     postprocess = method.make_postprocess(args, model, args.val_split)
 
     def make_accumulators():
@@ -166,12 +186,13 @@ def train(method: ModuleType, args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def evaluate(method: ModuleType, args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
-    """``eval.py``'s main: ``{split: metrics}`` for every ``--eval_sets`` split; rank 0 writes
-    ``<output_dir>/eval_<dataset>_<split>.json`` (and ``vis_<dataset>_<split>.png`` with ``--vis N``)."""
+    """``eval.py``'s main: ``{split: metrics}`` for every ``--eval_sets`` split; rank 0 prints them, then writes
+    ``<output_dir>/eval_<dataset>_<split>.json`` (and ``vis_<dataset>_<split>.png`` with ``--vis N``).
+    ``--output_dir`` is checked to be writable before the model is loaded."""
     _prepare(method, args)
+    out = ensure_writable(args.output_dir)
     info = dist.init_distributed(backend=args.dist_backend, device=args.device)
     model = method.load(args).to(info.device)
-    out = Path(args.output_dir)
     results = {}
     for split in args.eval_sets:
         loader = build_loader(method, args, model, split, train=False)
@@ -179,10 +200,9 @@ def evaluate(method: ModuleType, args: argparse.Namespace) -> Dict[str, Dict[str
                            accumulators=method.make_accumulators(args), amp=args.amp, desc=f"eval {split}")
         results[split] = m
         if dist.is_main_process():
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"eval_{args.dataset}_{split}.json").write_text(json.dumps(m, indent=2))
             print(method.format_metrics(args, split, m) if hasattr(method, "format_metrics")
-                  else f"{args.dataset} {split}: {json.dumps(m)}")
+                  else f"{args.dataset} {split}: {json.dumps(m)}", flush=True)
+            (out / f"eval_{args.dataset}_{split}.json").write_text(json.dumps(m, indent=2))
             if args.vis:
                 save_visualisation(method, args, model, loader, args.vis, info.device,
                                    out / f"vis_{args.dataset}_{split}.png")
@@ -219,15 +239,16 @@ def _jsonable(key: str, v: Any) -> Any:
 
 @torch.no_grad()
 def predict(method: ModuleType, args: argparse.Namespace) -> Dict[str, Any]:
-    """``predict.py``'s main: ``--image`` + ``--text`` -> the box in original pixels (printed as JSON) and
-    ``--out``, a PNG with it drawn."""
+    """``predict.py``'s main: ``--image`` + ``--text`` -> the box in original pixels (printed as JSON first) and
+    ``--out``, a PNG with it drawn (its folder is checked to be writable before the model is loaded)."""
     _prepare(method, args)
+    ensure_writable(Path(args.out).parent)
     device = torch.device(args.device or "cpu")
     model = method.load(args).to(device).eval()
     transform, tokenizer = method.pipeline(args, model, False)
     batch = single_batch(args.image, args.text, transform, tokenizer, device)
     pred = method.predictions(args, model, model(batch), batch)[0]
-    draw_grounding(load_image(args.image), pred_boxes=_drawn(pred), text=args.text).save(args.out)
     result = {"image": args.image, "text": args.text, **{k: _jsonable(k, v) for k, v in pred.items()}, "png": args.out}
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    draw_grounding(load_image(args.image), pred_boxes=_drawn(pred), text=args.text).save(args.out)
     return result

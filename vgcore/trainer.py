@@ -16,23 +16,46 @@ with ``--resume <output_dir>/checkpoint.pth`` ends with the same weights as an u
 The data order of epoch ``e`` depends only on ``(seed, e, rank)`` (`vgcore.dist.build_loader`), and a
 dataset exposing ``set_epoch`` draws its augmentations from per-(epoch, index) seeds, so skipping the
 first ``step`` batches on resume reproduces the remaining batches exactly.
+
+Before anything is built, the ``train.py`` main calls `prepare_output_dir`: it removes the temporary files of
+checkpoint writes that were killed, and refuses an output folder that holds a previous run (``checkpoint.pth``,
+``best_checkpoint.pth`` or ``log.jsonl``) unless the run resumes (``--resume``) or ``--overwrite`` is given
+(then that run's files are deleted).
+
+Resume (``LoopConfig.resume``): the log names the checkpoint, the position, the best so far, and every flag
+whose value differs from the saved run's.  A different world size resumes with the saved weights, optimizer
+and schedule but fresh RNG states (the log says so), and the position in the epoch is carried over in samples.
+A different ``--batch_size``, ``--lr`` or ``--accum_steps`` is refused unless ``LoopConfig.allow_resume_changes``
+(``--allow_resume_changes``); then a new ``--lr`` rescales the schedule's base learning rates by new / old.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from . import dist
-from .checkpoint import load_checkpoint, save_checkpoint, save_model
-from .engine import Logger, evaluate, train_one_epoch
+from .checkpoint.training import load_checkpoint, remove_stale_tmp, save_checkpoint, save_model
+from .engine import Logger, evaluate, integral_counts, train_one_epoch
 
-__all__ = ["LoopConfig", "fit"]
+__all__ = ["LoopConfig", "fit", "prepare_output_dir", "wrap_ddp", "RUN_FILES", "RESUME_GUARDED"]
+
+RUN_FILES = ("checkpoint.pth", "best_checkpoint.pth", "log.jsonl")  # a folder holding one of these is "used"
+_RUN_OUTPUTS = RUN_FILES + ("log.txt", "train_summary.json", "latest.pth", "det_best.pth")  # removed by overwrite
+RESUME_GUARDED = ("batch_size", "lr", "accum_steps")  # changing one on resume needs allow_resume_changes
+_NOT_COMPARED = {"resume", "output_dir", "overwrite", "allow_resume_changes", "local_rank", "world_size",
+                 "stop_after_steps", "max_steps", "device", "dist_backend", "num_workers"}
+
+
+def _fmt(k: str, v) -> str:
+    return f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
 
 
 def _better(new: float, best: Optional[float], mode: str) -> bool:
@@ -53,7 +76,9 @@ class LoopConfig:
     checkpoints (optimizer steps; 0 = per epoch only); max_steps: batches per epoch (debug); stop_after_steps:
     stop the whole run after this many batches in total (the state is checkpointed; continue with ``resume``);
     tensorboard: write ``<output_dir>/tb``; metric / mode: the validation key that selects
-    ``best_checkpoint.pth`` and whether larger (max) or smaller (min) is better.
+    ``best_checkpoint.pth`` and whether larger (max) or smaller (min) is better; overwrite: start fresh in a
+    folder that holds a previous run (deleting its files; `prepare_output_dir`); allow_resume_changes: accept a
+    different batch size / lr / accumulation on resume.
     """
     epochs: int
     output_dir: str
@@ -70,6 +95,8 @@ class LoopConfig:
     tensorboard: bool = True
     metric: str = "acc@0.5"
     mode: str = "max"
+    overwrite: bool = False
+    allow_resume_changes: bool = False
 
     def __post_init__(self):
         if self.mode not in ("max", "min"):
@@ -82,6 +109,126 @@ class LoopConfig:
         if epoch < self.eval_start_epoch:
             return False
         return (epoch + 1) % max(self.eval_every, 1) == 0 or epoch + 1 == self.epochs
+
+
+def prepare_output_dir(loop: LoopConfig) -> List[str]:
+    """Start of a run, before anything is built (every rank calls it): remove stale ``.*.tmp`` files of killed
+    checkpoint writes, refuse (`SystemExit`) a folder that holds a previous run unless ``loop.resume`` or
+    ``loop.overwrite`` (which deletes that run's files).  Returns the notes to log."""
+    out = Path(loop.output_dir)
+    used = [n for n in RUN_FILES if (out / n).exists()]
+    if used and not loop.resume and not loop.overwrite:
+        raise SystemExit(f"{out} holds a previous run ({', '.join(used)}): pass --resume {out / 'checkpoint.pth'} "
+                         f"to continue it, --overwrite to start over in it, or another --output_dir")
+    notes = []
+    if not dist.is_main_process():
+        return notes
+    stale = remove_stale_tmp(out)
+    if stale:
+        notes.append(f"removed {len(stale)} unfinished checkpoint write(s): {', '.join(p.name for p in stale)}")
+    if used and loop.overwrite and not loop.resume:
+        gone = [n for n in _RUN_OUTPUTS if (out / n).is_file() or (out / n).is_symlink()]
+        for n in gone:
+            (out / n).unlink()
+        notes.append(f"--overwrite: deleted the previous run's {', '.join(gone)} in {out}")
+    return notes
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """fd 2 to /dev/null (C++ warnings bypass Python's ``warnings`` and ``sys.stderr``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class _OneNoticeDDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP whose first forward is silent on ranks > 0: PyTorch's once-per-process notice that
+    ``find_unused_parameters=True`` found no unused parameter (printed from C++ at the end of the first forward)
+    then appears once per job, from rank 0."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._quiet_once = not dist.is_main_process()
+
+    def forward(self, *args, **kw):
+        if self._quiet_once:
+            self._quiet_once = False
+            with _stderr_silenced():
+                return super().forward(*args, **kw)
+        return super().forward(*args, **kw)
+
+
+def wrap_ddp(model: torch.nn.Module, device, find_unused_parameters: bool = True) -> torch.nn.Module:
+    """DistributedDataParallel around ``model``, the ``find_unused_parameters`` notice once per job (rank 0)."""
+    device = torch.device(device)
+    cls = _OneNoticeDDP if find_unused_parameters else torch.nn.parallel.DistributedDataParallel
+    return cls(model, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=find_unused_parameters)
+
+
+def _changes(saved: Any, now: Any) -> Dict[str, tuple]:
+    """Flags whose values differ between the saved run's args and this run's ({name: (saved, now)})."""
+    if not isinstance(saved, dict) or not isinstance(now, dict):
+        return {}
+    from .checkpoint.training import _plain
+    now = _plain(now)
+    return {k: (saved.get(k), now[k]) for k in sorted(now) if k not in _NOT_COMPARED and k in saved
+            and saved.get(k) != now[k]}
+
+
+def _rescale_lr(optimizer, scheduler, ratio: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] *= ratio
+        if "initial_lr" in g:
+            g["initial_lr"] *= ratio
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
+
+
+def _resume(loop: LoopConfig, logger: Logger, model, optimizer, scheduler, scaler, ema, run_args,
+            train_loader, initial_best):
+    """Load ``loop.resume``; check and log what changed; returns (epoch, step, best)."""
+    info = load_checkpoint(loop.resume, model, optimizer, scheduler, scaler, ema, world_size_change="skip_rng")
+    epoch, step = info["epoch"], info["step"]
+    best = info["extra"].get("best", initial_best)
+    changed = _changes(info["args"], run_args)
+    guarded = {k: v for k, v in changed.items() if k in RESUME_GUARDED}
+    if guarded and not loop.allow_resume_changes:
+        raise SystemExit(f"resume from {loop.resume} refused: changed since the saved run: "
+                         + ", ".join(f"--{k} {a} -> {b}" for k, (a, b) in guarded.items())
+                         + "; pass --allow_resume_changes to resume with the new values")
+    logger.info(f"resumed from {loop.resume}: epoch {epoch}, step {step}, best {loop.metric} {best}")
+    world = dist.get_world_size()
+    if info["world_size"] != world:
+        logger.info(f"resume: world size {info['world_size']} -> {world}: weights, optimizer and schedule restored, "
+                    f"RNG state not restored (fresh per-rank seeds)")
+    if changed:
+        logger.info("resume: changed flags: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    if "lr" in guarded:
+        old, new = guarded["lr"]
+        if old and new:
+            _rescale_lr(optimizer, scheduler, float(new) / float(old))
+            logger.info(f"resume: learning rates rescaled x {float(new) / float(old):.6g} (--lr {old} -> {new})")
+    # the position inside the epoch, in samples: the same samples are skipped under a new global batch
+    saved_bs = info["args"].get("batch_size") if isinstance(info["args"], dict) else None
+    bs = getattr(train_loader, "batch_size", None)
+    if step and saved_bs and bs and (saved_bs * info["world_size"] != bs * world):
+        samples = step * saved_bs * info["world_size"]
+        new_step = samples // (bs * world)
+        new_step -= new_step % loop.accum_steps
+        logger.info(f"resume: {samples} samples of epoch {epoch} were done; with {world} x {bs} samples per batch "
+                    f"that is step {new_step} (was {step})"
+                    + ("" if new_step * bs * world == samples else "; the samples in between are repeated"))
+        step = new_step
+    return epoch, step, best
 
 
 def fit(loop: LoopConfig, *, model: torch.nn.Module, criterion: Callable, optimizer: torch.optim.Optimizer,
@@ -107,10 +254,8 @@ def fit(loop: LoopConfig, *, model: torch.nn.Module, criterion: Callable, optimi
 
     epoch, step, best = 0, 0, initial_best
     if loop.resume:
-        info = load_checkpoint(loop.resume, model, optimizer, scheduler, scaler, ema)
-        epoch, step = info["epoch"], info["step"]
-        best = info["extra"].get("best", best)
-        logger.info(f"resumed from {loop.resume}: epoch {epoch}, step {step}, best {metric} {best}")
+        epoch, step, best = _resume(loop, logger, model, optimizer, scheduler, scaler, ema, run_args, train_loader,
+                                    initial_best)
 
     def save(e: int, s: int) -> None:
         save_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, ema, epoch=e, step=s, args=run_args,
@@ -159,8 +304,8 @@ def fit(loop: LoopConfig, *, model: torch.nn.Module, criterion: Callable, optimi
                 best = value
                 save_model(best_path, model, model_config, last_metrics, {"epoch": e}, ema=ema)
             record.update({f"val/{k}": v for k, v in last_metrics.items()})
-            logger.info(f"epoch {e}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()
-                                                   if isinstance(v, float)) + f" (best {metric} {best})")
+            logger.info(f"epoch {e}: " + ", ".join(_fmt(k, v) for k, v in integral_counts(last_metrics).items()
+                                                   if isinstance(v, (int, float))) + f" (best {metric} {best})")
         save(e + 1, 0)
         logger.json(record)
         if stop_after is not None and done_total >= stop_after:

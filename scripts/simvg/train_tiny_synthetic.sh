@@ -48,7 +48,7 @@ else
 fi
 "${TRAIN[@]}" simvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$DATASET" --tensorboard 0 \
     --epochs "$EPOCHS" --batch_size "$((16 / NPROC))" --lr 5e-4 --lr_vis_enc_mult "$VIS_MULT" --warmup_epochs 0 \
-    --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --no_lsj --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100
+    --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --no_lsj --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100 --overwrite
 run "$PYTHON" simvg/eval.py "${COMMON[@]}" --load_from "$OUT/$DATASET/det_best.pth" --eval_sets val \
     --output_dir "$OUT/$DATASET"
 if [ "$DATASET" != grefcoco ]; then

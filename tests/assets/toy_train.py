@@ -7,6 +7,8 @@ Task: find a bright rectangle in a small noisy image; the model regresses one no
 It is shaped like a real ``train.py``: ``get_args_parser()`` + ``main(args)``, vgcore.cli flags, vgcore.dist
 set-up, `build_loader`, `ModelEMA`, optim param groups + schedule, engine loops, atomic checkpoints and an
 ``--resume`` that continues exactly mid-epoch.  Writes ``<output_dir>/metrics.json`` (rank 0).
+``--fit`` runs the same task through `vgcore.trainer.fit` instead (what ``vgcore.method.train`` does: output
+folder checks, resume checks, ``wrap_ddp``) and writes ``train_summary.json``.
 
 For the distributed-vs-single comparison run it deterministically (``--dropout 0 --augment_noise 0
 --norm none``) with the same GLOBAL batch (2 ranks x B == 1 process x 2B).
@@ -26,7 +28,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from vgcore import checkpoint, cli, dist, engine, optim  # noqa: E402
+from vgcore import checkpoint, cli, dist, engine, optim, trainer  # noqa: E402
 from vgcore.data.sample import Batch, Record  # noqa: E402
 from vgcore.ema import ModelEMA  # noqa: E402
 from vgcore.metrics import RECAccumulator  # noqa: E402
@@ -139,7 +141,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=0.1)
     g.add_argument("--norm", default="bn", choices=["bn", "none"])
     g.add_argument("--augment_noise", type=float, default=0.05)
+    g.add_argument("--fit", action="store_true", help="train through vgcore.trainer.fit (main_fit)")
     return p
+
+
+def main_fit(args) -> dict:
+    """The toy task through `vgcore.trainer.fit`, set up as `vgcore.method.train` sets up a method."""
+    info = dist.init_distributed(args.dist_backend, device=args.device or "cpu")
+    dist.seed_everything(args.seed, info.rank)
+    loop = trainer.LoopConfig(epochs=args.epochs, output_dir=args.output_dir, resume=args.resume,
+                              clip_max_norm=args.clip_max_norm, accum_steps=args.accum_steps, amp=args.amp,
+                              log_every=args.log_every, checkpoint_every_steps=args.checkpoint_every_steps,
+                              max_steps=args.max_steps, stop_after_steps=args.stop_after_steps,
+                              tensorboard=args.tensorboard, metric="miou", overwrite=args.overwrite,
+                              allow_resume_changes=args.allow_resume_changes)
+    notes = trainer.prepare_output_dir(loop)
+    logger = engine.Logger(args.output_dir, tensorboard=args.tensorboard)
+    for note in notes:
+        logger.info(note)
+    train_loader = dist.build_loader(ToyDataset(args.n_train, args.size, seed=1, noise=args.augment_noise),
+                                     args.batch_size, train=True, seed=args.seed, num_workers=args.num_workers,
+                                     collate_fn=collate)
+    val_loader = dist.build_loader(ToyDataset(args.n_val, args.size, seed=2), args.eval_batch_size or args.batch_size,
+                                   train=False, num_workers=args.num_workers, collate_fn=collate)
+    model = ToyModel(args.size, dropout=args.dropout, norm=args.norm).to(info.device)
+    optimizer = optim.build_optimizer(args.optimizer, optim.build_param_groups(model, args.lr, args.weight_decay),
+                                      args.lr, args.weight_decay)
+    scheduler = optim.build_scheduler_from_args(optimizer, args, len(train_loader) // args.accum_steps)
+    ddp = trainer.wrap_ddp(model, info.device) if info.distributed else model
+    summary = trainer.fit(loop, model=ddp, criterion=ToyCriterion(), optimizer=optimizer, scheduler=scheduler,
+                          train_loader=train_loader, val_loader=val_loader, device=info.device,
+                          postprocess=lambda o, b: postprocess(o, b)["rec"],
+                          make_accumulators=lambda: RECAccumulator(thresholds=(0.5,)),
+                          scaler=engine.build_grad_scaler(args.amp, info.device), model_config={"toy": True},
+                          logger=logger, run_args=vars(args))
+    logger.close()
+    return summary
 
 
 def main(args) -> dict:
@@ -222,5 +259,5 @@ def main(args) -> dict:
 
 if __name__ == "__main__":
     a = get_args_parser().parse_args()
-    main(a)
+    main_fit(a) if a.fit else main(a)
     dist.destroy()

@@ -21,8 +21,10 @@ Model files
 best checkpoint, what evaluation and the next stage read); ``load_model_file`` reads one of those, a training
 checkpoint, or any other checkpoint (its state dict via `unwrap`).
 
-Files are written atomically: to a temporary file in the same directory, flushed and fsync'ed, then
-``os.replace``'d over the target -- a crash mid-write leaves the previous checkpoint intact.
+Files are written atomically: to a temporary file ``.<name>.<random>.tmp`` in the same directory, flushed and
+fsync'ed, then ``os.replace``'d over the target -- a crash mid-write leaves the previous checkpoint intact, and
+`remove_stale_tmp` deletes the temporary files a killed write left behind.  Neither ``save_checkpoint`` nor
+``save_model`` writes weights holding NaN / inf (`FloatingPointError` naming the tensors).
 Everything stored is loadable with ``torch.load(weights_only=True)`` (args are reduced to plain types), and
 everything is read that way (`vgcore.checkpoint.safe.torch_load`).
 """
@@ -45,7 +47,7 @@ from .safe import torch_load
 from .strict import load_strict
 
 __all__ = ["atomic_save", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state", "save_model",
-           "load_model_file", "FORMAT", "MODEL_FORMAT"]
+           "load_model_file", "remove_stale_tmp", "assert_finite_weights", "FORMAT", "MODEL_FORMAT"]
 
 FORMAT = "vgcore-ckpt-1"
 MODEL_FORMAT = "vgcore-model-1"
@@ -84,6 +86,37 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_tmp(directory: Union[str, Path]) -> list:
+    """Delete the ``.<name>.<random>.tmp`` files of `atomic_save` writes that were killed midway (call it when
+    no write is in progress, i.e. at the start of a run); returns the removed paths."""
+    d = Path(directory)
+    removed = []
+    if not d.is_dir():
+        return removed
+    for p in sorted(d.glob(".*.tmp")):
+        if p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def assert_finite_weights(model: torch.nn.Module, what: str = "checkpoint") -> None:
+    """Raise `FloatingPointError` naming the floating-point parameters / buffers that hold NaN / inf
+    (one fused reduction; the names are only looked up when something is non-finite)."""
+    sd = {k: v for k, v in unwrap_model(model).state_dict().items() if torch.is_tensor(v) and v.is_floating_point()}
+    if not sd:
+        return
+    flags = torch.stack([torch.isfinite(v).all() for v in sd.values()])
+    if bool(flags.all()):
+        return
+    bad = [k for k, ok in zip(sd, flags.tolist()) if not ok]
+    more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+    raise FloatingPointError(f"not writing the {what}: non-finite weights in {', '.join(bad[:8])}{more}")
 
 
 # --------------------------------------------------------------------------------------------- RNG
@@ -133,7 +166,9 @@ def _plain(x: Any) -> Any:
 def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, optimizer=None, scheduler=None, scaler=None,
                     ema=None, epoch: int = 0, step: int = 0, args: Any = None, rng: bool = True,
                     extra: Optional[dict] = None) -> Optional[Path]:
-    """Collective when distributed (all ranks call; rank 0 writes).  Returns the path on rank 0."""
+    """Collective when distributed (all ranks call; rank 0 writes).  Returns the path on rank 0.
+    Raises `FloatingPointError` (on every rank: the weights are the same) when a weight is NaN / inf."""
+    assert_finite_weights(model, f"training checkpoint {path}")
     rng_states = dist.all_gather_object(get_rng_state()) if rng else None
     if not dist.is_main_process():
         dist.barrier()
@@ -159,13 +194,17 @@ def save_checkpoint(path: Union[str, Path], model: torch.nn.Module, optimizer=No
 
 def load_checkpoint(path: Union[str, Path], model: Optional[torch.nn.Module] = None, optimizer=None,
                     scheduler=None, scaler=None, ema=None, restore_rng: bool = True,
-                    map_location="cpu", trust_pickle: bool = False) -> dict:
-    """Restore what is given from a `save_checkpoint` file; returns {"epoch", "step", "args", "extra"}.
+                    map_location="cpu", trust_pickle: bool = False, world_size_change: str = "error") -> dict:
+    """Restore what is given from a `save_checkpoint` file; returns {"epoch", "step", "args", "extra",
+    "world_size" (of the run that saved it), "rng_restored"}.
 
     Raises if a requested part is absent from the file, or if the model keys/shapes differ.
-    RNG: rank r restores the state saved by rank r; a different world size is an error (resume would not
-    be exact) unless ``restore_rng=False``.
+    RNG: rank r restores the state saved by rank r.  A different world size is an error (resume would not
+    be exact) unless ``restore_rng=False`` or ``world_size_change="skip_rng"`` (then the RNG states are left
+    as they are and ``rng_restored`` is False).
     """
+    if world_size_change not in ("error", "skip_rng"):
+        raise ValueError(f"world_size_change must be 'error' or 'skip_rng', got {world_size_change!r}")
     ck = torch_load(path, map_location=map_location, trust_pickle=trust_pickle)
     if not isinstance(ck, Mapping) or ck.get("format") != FORMAT:
         raise ValueError(f"{path}: not a vgcore training checkpoint (use load_model_file / unwrap + "
@@ -178,14 +217,18 @@ def load_checkpoint(path: Union[str, Path], model: Optional[torch.nn.Module] = N
         if ck.get(name) is None:
             raise KeyError(f"{path}: checkpoint has no {name!r} state but one was asked to be restored")
         obj.load_state_dict(ck[name])
-    if restore_rng and ck.get("rng") is not None:
-        states = ck["rng"]
-        if len(states) != dist.get_world_size():
+    states = ck.get("rng")
+    saved_world = int(ck.get("world_size") or (len(states) if states else dist.get_world_size()))
+    rng_restored = False
+    if restore_rng and states is not None:
+        if len(states) == dist.get_world_size():
+            set_rng_state(states[dist.get_rank()])
+            rng_restored = True
+        elif world_size_change == "error":
             raise ValueError(f"{path}: saved with world size {len(states)}, resuming with "
                              f"{dist.get_world_size()}; pass restore_rng=False to resume inexactly")
-        set_rng_state(states[dist.get_rank()])
     return {"epoch": int(ck["epoch"]), "step": int(ck["step"]), "args": ck.get("args"),
-            "extra": ck.get("extra") or {}}
+            "extra": ck.get("extra") or {}, "world_size": saved_world, "rng_restored": rng_restored}
 
 
 # --------------------------------------------------------------------------------------------- model files
@@ -197,6 +240,7 @@ def save_model(path, model: torch.nn.Module, config: Any = None, metrics: Option
     which evaluation selects with ``--use_ema``."""
     if not dist.is_main_process():
         return None
+    assert_finite_weights(model, f"model file {path}")
     obj = {"format": MODEL_FORMAT, "model": dist.unwrap_model(model).state_dict(), "config": config,
            "metrics": dict(metrics or {}), "extra": dict(extra or {})}
     if ema is not None:
