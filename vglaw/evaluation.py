@@ -175,4 +175,4 @@ def format_metrics(dataset: str, split: str, m: dict) -> str:
         parts.append(f"RES mIoU {100 * m['res/miou']:.2f} oIoU {100 * m['res/oiou']:.2f} {prs}")
     line = f"{dataset} {split} (n={int(m.get('n', 0))}): " + " | ".join(parts)
     canv = [f"{k} {100 * v:.2f}" for k, v in m.items() if k.startswith("canvas/")]
-    return line + ("\n  448 canvas (official protocol): " + ", ".join(canv) if canv else "")
+    return line + ("\n  padded canvas (official protocol): " + ", ".join(canv) if canv else "")
