@@ -149,3 +149,32 @@ def test_batch_paths_and_metrics(tmp_path):
     acc.update(**make_postprocess(0.35)({"logit_mask": torch.full((2, 1, 128, 128), -10.0)}, batch))
     m = acc.compute()
     assert (m["res/miou"], m["res/oiou"], m["score"]) == (0.0, 0.0, 0.0) and "rec/acc@0.5" not in m
+
+
+def test_build_from_pretrained_path_and_load(tmp_path):
+    """--pretrained_path: training starts from a whole saved model (strict), its compat switches kept; eval's
+    `load` rebuilds it from the stored config and sets the task."""
+    from vgcore.checkpoint import save_model
+    from vgcore.engine import Logger
+
+    (tmp_path / "tok").mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "red", "circle"]
+    (tmp_path / "tok" / "vocab.txt").write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    src = build_model({"preset": "tiny", "vocab_size": len(words), "task": "rec", "vit_ln_eps_1e5": True})
+    save_model(tmp_path / "m.pth", src, src.cfg.to_dict())
+    a = _train_args("--preset", "tiny", "--task", "rec", "--bert_model", str(tmp_path / "tok"),
+                    "--pretrained_path", str(tmp_path / "m.pth"))
+    model, crit = method.build(a, Logger(enabled=False))
+    assert model.cfg.vit_ln_eps_1e5 and not model.cfg.pos_embed_tf_bicubic
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in model.state_dict().items())
+    e = protocol.eval_parser(method).parse_args(["--pretrained_path", str(tmp_path / "m.pth")])
+    method.prepare(e)
+    loaded = method.load(e)
+    assert e.task == "rec" and not hasattr(loaded, "up_sample")
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in loaded.state_dict().items())
+    # a model of another task does not load into the flags' model: a clear error
+    b = _train_args("--preset", "tiny", "--task", "both", "--bert_model", str(tmp_path / "tok"),
+                    "--pretrained_path", str(tmp_path / "m.pth"))
+    with pytest.raises(Exception, match="up_sample"):
+        method.build(b, Logger(enabled=False))

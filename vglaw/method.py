@@ -75,11 +75,16 @@ def build(args, logger):
     ``--pretrained_path`` (a whole VG-LAW model, strict) > ``--vit_model_path`` (ViTDet) + the BERT weights in
     ``--bert_model`` (each part strict); the loss with the four ``--*_loss_coef``."""
     tok = tokenizer(args, args.max_len)
-    model = build_model(model_config(args, tok.vocab_size))
+    cfg = model_config(args, tok.vocab_size)
+    sd = None
+    if args.pretrained_path and not args.resume:
+        sd, stored = _read_model(args.pretrained_path, args.trust_pickle)
+        for k in _convert.OFFICIAL_COMPAT:  # the starting point's compat switches stay on (official .ckpt: all)
+            cfg[k] = bool(cfg.get(k)) or bool(stored.get(k))
+    model = build_model(cfg)
     if args.resume:
         pass
-    elif args.pretrained_path:
-        sd, _ = _read_model(args.pretrained_path, args.trust_pickle)
+    elif sd is not None:
         _convert.load_into(model, sd)
         logger.info(f"VG-LAW weights from {args.pretrained_path}")
     else:
