@@ -19,6 +19,8 @@ from vgcore.data.transforms import Compose, Sample, build_transforms
 
 __all__ = ["MaskedText", "DecodeMask", "records", "pipeline_transform", "dataset_key"]
 
+_LAYOUTS = {"refer": "refer", "seqtr": "seqtr"}  # image folders below --data_root per annotation format
+
 
 class MaskedText(str):
     """An expression that also carries its referent's segmentation (``seg``: polygons | RLE | None)."""
@@ -67,7 +69,7 @@ def records(args, split: str, need_masks: bool) -> list:
     else:
         key = args.dataset
     recs = load_split(args.format, key, split, split_root=args.split_root, data_root=args.data_root,
-                      image_root=args.image_root or None, layout="refer" if args.format == "refer" else "seqtr", **kw)
+                      image_root=args.image_root or None, layout=_LAYOUTS.get(args.format, "transvg"), **kw)
     if not recs:
         raise ValueError(f"no samples in {args.format} split {split!r} of {args.dataset} under {args.split_root}")
     if not need_masks:
