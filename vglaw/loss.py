@@ -55,7 +55,8 @@ class VGLAWLossConfig:
 
 class VGLAWCriterion(nn.Module):
     """``criterion(outputs, boxes, masks=None)``: outputs from `VGLAW` (``pred_box`` and/or ``logit_mask``),
-    boxes [B, 4] normalised cxcywh, masks [B, H, W] or [B, 1, H, W] binary.  Returns the named terms and
+    boxes [B, 4] normalised cxcywh, masks [B, H, W] or [B, 1, H, W] binary; or ``criterion(outputs, batch)``
+    with a `vgcore.data.sample.Batch` (its ``boxes`` and ``masks``).  Returns the named terms and
     ``loss`` (their weighted sum)."""
 
     def __init__(self, cfg: VGLAWLossConfig = None):
@@ -64,6 +65,8 @@ class VGLAWCriterion(nn.Module):
 
     def forward(self, outputs: Dict[str, torch.Tensor], boxes: torch.Tensor = None,
                 masks: torch.Tensor = None) -> Dict[str, torch.Tensor]:
+        if hasattr(boxes, "target_boxes"):  # a vgcore Batch
+            boxes, masks = boxes.boxes, boxes.masks
         c = self.cfg
         terms: Dict[str, torch.Tensor] = {}
         total = 0.0

@@ -15,7 +15,8 @@ Heads, both queried by the [CLS] last hidden state q = T[:, 0]:
 `PRESETS` entry first).  ``task`` = "both" | "rec" | "res" selects the heads.
 
 Forward: ``model(images, input_ids, attention_mask, token_type_ids=None)`` (attention_mask 1 = real token;
-the text must be padded to ``max_len`` tokens) -> dict with ``pred_box`` / ``logit_mask`` (by task) and the
+the text must be padded to ``max_len`` tokens), or ``model(batch)`` with a `vgcore.data.sample.Batch`
+(``images``, ``text_ids``, ``text_mask``) -> dict with ``pred_box`` / ``logit_mask`` (by task) and the
 intermediates ``ada_weights`` (list of [B, n_l]), ``text_features`` [B, T, C], ``layer_text_features``
 [L, B, C], ``vit_features`` [B, C, h, w], ``pooled_visual`` [B, C] (REC), ``mask_logits_low`` (RES).
 
@@ -85,7 +86,15 @@ class VGLAWConfig:
         return asdict(self)
 
 
-PRESETS: Dict[str, dict] = {"vitb": {}}
+PRESETS: Dict[str, dict] = {
+    "vitb": {},
+    # a CPU-sized model for the synthetic data and tests: 128 px, 4 ViT blocks of 64 channels (windows of 4 x 4
+    # patches, blocks 1 and 3 global), a 2-layer BERT of 64 channels; vocab_size comes from the tokenizer
+    "tiny": dict(img_size=128, embed_dim=64, depth=4, num_heads=4, window_size=4, global_blocks=[1, 3],
+                 pretrain_img_size=128, drop_path_rate=0.0, bert_layers=2, bert_hidden=64, bert_heads=4,
+                 bert_intermediate=128, max_position_embeddings=64, bert_dropout=0.0, generator_heads=4, rank=8,
+                 pool_dim=16, box_hidden=32, mask_hidden=32),
+}
 
 
 def config_from_args(args: Any = None, **overrides) -> VGLAWConfig:
@@ -202,8 +211,11 @@ class VGLAW(nn.Module):
         return self.text_encoder(input_ids=input_ids.long(), attention_mask=attention_mask.long(),
                                  token_type_ids=token_type_ids.long()).last_hidden_state
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, images, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 token_type_ids: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+        if input_ids is None:  # a vgcore Batch
+            batch = images
+            images, input_ids, attention_mask = batch.images, batch.text_ids, batch.text_mask.long()
         text = self.encode_text(input_ids, attention_mask, token_type_ids)
         ada, layer_feats = self.weight_generator(text, attention_mask != 1)
         per_block: List[Optional[torch.Tensor]] = [None] * self.cfg.depth
