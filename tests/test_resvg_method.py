@@ -174,3 +174,29 @@ def test_postprocess_matches_the_official_mapping_and_strict_rule(syn, tmp_path)
     m = acc.compute()
     assert m["n"] == 2 and m["acc@0.5"] == 0.5
     assert "IoU > 0.5" in method.format_metrics(args, "val", m)
+
+
+def test_load_ours_and_official_files_and_the_predict_prior(tmp_path):
+    from resvg.convert import to_official_state_dict
+    from vgcore.checkpoint import save_model
+
+    torch.manual_seed(0)
+    model = build_model({"model_preset": "tiny"}).eval()
+    ours, official = tmp_path / "ours.pth", tmp_path / "official.pth"
+    save_model(ours, model, model.cfg.to_dict())
+    torch.save({"model": to_official_state_dict(model.state_dict()), "epoch": 3}, official)
+    rows = torch.randn(3, WIDTH)
+    torch.save(rows, tmp_path / "q_fea.pth")
+    base = ["--model_preset", "tiny", "--image", "x.png", "--text", "t", "--bert_token_mode", "unused"]
+    for path in (ours, official):
+        args = protocol.predict_parser(method).parse_args(
+            base + ["--checkpoint", str(path), "--prior_file", str(tmp_path / "q_fea.pth"), "--prior_row", "2"])
+        loaded = method.load(args)
+        for k, v in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[k], v), k
+        torch.testing.assert_close(loaded.default_prior, rows[2])
+        assert args.model_config["prior_dim"] == WIDTH
+    args = protocol.predict_parser(method).parse_args(base + ["--checkpoint", str(ours)])
+    assert not method.load(args).default_prior.any()  # no --prior_file: zeros (printed)
+    with pytest.raises(SystemExit, match="trained with the semantic prior"):
+        method.load(protocol.predict_parser(method).parse_args(base + ["--checkpoint", str(ours), "--no_prior"]))
