@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from vgcore.data.build import load_split
 from vgcore.data.errors import DataError

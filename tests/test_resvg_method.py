@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from resvg import data, evaluation, method, training
+from resvg import data, evaluation, method
 from resvg.model import boxes_to_original, build_model
 from resvg.prior import PRIOR_KEY, batch_prior
 from vgcore import method as protocol
