@@ -25,7 +25,13 @@ stride 32, with the official offsets -20..20); the official code accepts exactly
 The DETR encoder layers keep DETR's dropout on the attention output (vgcore's detrex-style layer has none).
 
 Freezing: ``model.set_epoch(e)`` freezes ``cfg.freeze_modules`` while ``e < cfg.freeze_epochs`` and unfreezes them
-afterwards; ResNet conv1 / layer1 and the BERT pooler never train (`permanently_frozen`).
+afterwards; ResNet conv1 / layer1 and the BERT pooler never train (`permanently_frozen`).  When
+``model.schedule_epoch`` is set (the training schedule `resvg.training.FreezingSchedule` keeps it), every
+``model.train()`` applies the freeze of that epoch, so the epoch loop needs no hook of its own.
+
+Prior feature: ``batch.extra["prior_feature"]`` when the collate put it there, else the per-record rows that
+`resvg.prior.attach_priors` stored in ``record.extra`` (`resvg.prior.batch_prior`), else ``model.default_prior``
+([prior_dim], not saved with the weights; ``predict.py`` sets it), else None.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ from vgcore.models.resnet import ResNetBackbone
 
 from resvg.attention import RelPosAttention
 from resvg.config import ResVGConfig, config_from_args
+from resvg.prior import batch_prior
 
 __all__ = ["ResVG", "VisualEncoder", "DiscriminativeEncoderLayer", "DecoderStage", "ResVGDecoder", "build_model",
            "boxes_to_original", "ACC_THRESHOLDS", "make_accumulator"]
@@ -206,6 +213,14 @@ class ResVG(nn.Module):
         for p in self.bert.pooler.parameters():
             p.requires_grad_(False)
         self._always_frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+        self.schedule_epoch: Optional[int] = None      # set by resvg.training.FreezingSchedule
+        self.default_prior: Optional[torch.Tensor] = None  # [prior_dim] used when a batch carries no prior
+
+    def train(self, mode: bool = True) -> "ResVG":
+        super().train(mode)
+        if mode and self.schedule_epoch is not None:
+            self.set_epoch(self.schedule_epoch)
+        return self
 
     # ------------------------------------------------------------------------------------------- freezing
     def permanently_frozen(self) -> List[str]:
@@ -258,7 +273,9 @@ class ResVG(nn.Module):
         return out
 
     def forward(self, batch, return_intermediates: bool = False) -> Dict[str, Any]:
-        prior = batch.extra.get("prior_feature") if getattr(batch, "extra", None) else None
+        prior = batch_prior(batch)
+        if prior is None and self.default_prior is not None:
+            prior = self.default_prior.to(batch.images.device).expand(batch.images.shape[0], -1)
         return self.forward_tensors(batch.images, batch.pixel_mask, batch.text_ids, batch.text_mask, prior,
                                     return_intermediates=return_intermediates)
 
