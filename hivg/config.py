@@ -1,6 +1,6 @@
 """HiVG configuration: one dataclass, backbone presets, and the mapping from the official argparse flags.
 
-Layer-index conventions (hivg.md §3, §12.15):
+Layer-index conventions (as the official code counts them):
   * ``extract_vision_layers``: HF ``hidden_states`` indices (0 = embeddings, i = output of block i-1) whose
     tokens are concatenated into the multi-level visual feature (B/16: [1,4,8,12]; L/14: [6,12,18,24]).
   * ``bridge_layers``: 0-based vision blocks that carry a bridge (B/16: [0,3,7,11]; L/14: [4,10,16,22];
@@ -129,7 +129,7 @@ CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature (a from
 PRESETS = {
     "hivg-b16": dict(backbone="ViT-B/16", **BACKBONES["ViT-B/16"]),
     "hivg-l14": dict(backbone="ViT-L/14", **BACKBONES["ViT-L/14"]),
-    # tiny: measured on the synthetic data (hivg/README.md, "Learning diagnosis, session 5"): width 64 steps ~35%
+    # tiny: measured on the synthetic data (hivg/README.md, "Tiny preset"): width 64 steps ~35%
     # faster than width 128 and learns at least as fast per step; 4 fusion layers beat 2 and 6
     "hivg-tiny": dict(backbone="tiny", image_size=128, patch_size=16, vision_width=64, vision_layers=4,
                       vision_heads=2, vision_mlp=256, text_width=64, text_layers=2, text_heads=2, text_mlp=256,

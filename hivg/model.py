@@ -1,6 +1,6 @@
 """HiVG (ACM MM'24): CLIP + multi-layer adaptive cross-modal bridge + Hi LoRA + a DETR-style fusion encoder.
 
-Forward (official `models/HiVG.py::HiVG.forward`, re-derived; hivg.md §3):
+Forward (official `models/HiVG.py::HiVG.forward`, re-derived):
   text ids [B,77] -> CLIP text tower (causal) -> hidden states, last (ln_final), pooled (EOT = argmax id)
       text_features = text_projection(last) [B,77,H]; text_eos_embed = text_projection(pooled)
       bridge text   = raw hidden_states[bridge_text_layers]    (mixup: [condition_text_proj(text_features)])
@@ -168,7 +168,7 @@ class HiVG(nn.Module):
         return out
 
     def set_hilora_stage(self, stage: int) -> None:
-        """Trainable set of Hi LoRA stage 0..3 (official `set_HiLoRA` + bridge re-enable, hivg.md §3.9).
+        """Trainable set of Hi LoRA stage 0..3 (official `set_HiLoRA` + bridge re-enable).
 
         CLIP base weights, projections and logit_scale: frozen.  Bridges (incl. their LoRA): trainable.
         Stage 0: all tower LoRA frozen.  Stage k >= 1: text LoRA of every layer, vision LoRA of the first

@@ -15,7 +15,7 @@ synthetic expression says (the head noun phrase's kind / colour / size, the expr
 ordinal and the anchor: `vgcore.synthetic.tagpretrain.program_tags`, read off the pooled EOT feature): the stand-in for the
 text half of CLIP pretraining.  ``hivg/train.py`` then keeps both towers frozen (its default ``--train_clip
 none``), as the official stage 0 keeps CLIP, and trains the bridges, the fusion encoder and the heads: this is
-the quickstart's recipe (hivg/README.md, "Learning diagnosis, session 11").  Without ``--text_steps`` the text
+the quickstart's recipe (hivg/README.md, "Quickstart").  Without ``--text_steps`` the text
 tower is left at its initialisation and has to learn in the grounding run (``--train_clip text``), which is
 slower and less reliable.  Scenes and expressions come from ``--scene_seed`` (default 1), not the grounding
 data's seed 0, so no val or test image or expression is seen here.
@@ -64,7 +64,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--adapters", default="drop", choices=["drop", "merge", "none"],
                    help="the image tower's LoRA adapters (rank 8, dropout 0.1) during pretraining: 'drop' trains them "
                         "with the base weights and saves the base weights only; 'merge' folds them in; 'none' keeps "
-                        "them out of training. Measured (hivg/README.md, session 7): the quickstart reaches 73.6%% "
+                        "them out of training. Measured: the quickstart reaches 73.6%% "
                         "with drop, 44.4%% with merge, 37.2%% with none; why is not understood yet")
     g.add_argument("--text_steps", type=int, default=0,
                    help="then train the text tower's CLIP base weights for this many steps to say what a synthetic "

@@ -23,17 +23,6 @@ _TRAIN_CLIP_PREFIXES = {"none": (), "text": ("text.", "text_projection"), "visio
                         "all": ("",)}  # "" prefixes every name: with the stage's trainable set, everything
 
 
-def _train_clip_mode(v) -> str:
-    """--train_clip value; True / False from older callers (a store_true flag) mean all / none."""
-    if v is True:
-        return "all"
-    if v in (False, None):
-        return "none"
-    if v not in _TRAIN_CLIP_PREFIXES:
-        raise ValueError(f"--train_clip must be one of {sorted(_TRAIN_CLIP_PREFIXES)}, got {v!r}")
-    return v
-
-
 def load_pretrained(model: HiVG, args, logger=None) -> None:
     """--clip_dir / --clip_model (CLIP towers), then --retrain or --hi_lora_retrain (whole model)."""
     say = logger.info if logger is not None else print
@@ -59,7 +48,7 @@ def load_pretrained(model: HiVG, args, logger=None) -> None:
         convert.load_clip_into(model, sd, reinit_ml_projection=False)
         say(f"CLIP + LoRA + bridges from {args.hi_lora_clip}")
     model.compat_batch_mixing = bool(args.bridge_batch_mixing)
-    towers = _TRAIN_CLIP_PREFIXES[_train_clip_mode(getattr(args, "train_clip", "none"))]
+    towers = _TRAIN_CLIP_PREFIXES[args.train_clip]
     if towers:  # the tower weights train too; LoRA keeps its stage's rule
         for name, p in model.named_parameters():
             if name != "logit_scale" and ".lora_" not in name and name.startswith(towers):

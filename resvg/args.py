@@ -62,15 +62,17 @@ def _data_args(p: argparse.ArgumentParser, mode: str) -> None:
     g.add_argument("--data_root", default="./ln_data",
                    help="images: images/train2014 (COCO sets), referit/ReferIt, flickr/flickr below it")
     g.add_argument("--image_root", default="", help="one image folder for every dataset (overrides --data_root)")
-    g.add_argument("--num_workers", type=int, default=8)
+    g.add_argument("--num_workers", type=int, default=8, help="data loader workers per process")
+    g.add_argument("--skip_bad_targets", action="store_true",
+                   help="drop samples without exactly one target box (counted, one warning) instead of stopping")
     if mode == "train":
         g.add_argument("--train_split", default="new_train", help="new_train = real + relation-augmented samples")
         g.add_argument("--val_split", "--test_split", dest="val_split", default="val",
                        help="validated after every epoch")
         g.add_argument("--batch_size", type=int, default=16, help="per process (official: 16 x 4 GPUs)")
-        g.add_argument("--eval_batch_size", "--batch_size_val", dest="eval_batch_size", type=int, default=32)
+        g.add_argument("--eval_batch_size", "--batch_size_val", dest="eval_batch_size", type=int, default=32, help="validation batch per process (official batch_size_val 32)")
     else:
-        g.add_argument("--batch_size", type=int, default=32)
+        g.add_argument("--batch_size", type=int, default=32, help="batch per process")
         g.add_argument("--eval_batch_size", "--batch_size_test", dest="eval_batch_size", type=int, default=None,
                        help="default --batch_size")
 
@@ -85,19 +87,19 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=1e-4, help="decoder, bert_proj, bbox head")
     g.add_argument("--lr_backbone", type=float, default=1e-5, help="ResNet layer2-4 (0: the ResNet never trains)")
     g.add_argument("--lr_vis_enc", type=float, default=1e-5, help="DETR encoder and input_proj")
-    g.add_argument("--lr_bert", type=float, default=1e-5)
-    g.add_argument("--weight_decay", type=float, default=1e-4)
-    g.add_argument("--epochs", type=int, default=90)
+    g.add_argument("--lr_bert", type=float, default=1e-5, help="BERT learning rate")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--epochs", type=int, default=90, help="training epochs")
     g.add_argument("--lr_drop", type=int, default=60, help="lr x 0.1 every lr_drop epochs")
     g.add_argument("--clip_max_norm", type=float, default=0.1, help="0 = no clipping")
     g.add_argument("--freeze_epochs", type=int, default=10, help="epochs with --freeze_modules frozen")
     g.add_argument("--freeze_modules", nargs="*", default=list(OFFICIAL_FREEZE_MODULES),
                    choices=sorted(OFFICIAL_FREEZE_NAMES), help="official module names")
     g.add_argument("--accum_steps", type=int, default=1, help="gradient accumulation steps")
-    g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (official: fp32)")
     g = p.add_argument_group("loss")
-    g.add_argument("--bbox_loss_coef", type=float, default=5.0)
-    g.add_argument("--giou_loss_coef", type=float, default=2.0)
+    g.add_argument("--bbox_loss_coef", type=float, default=5.0, help="L1 box loss weight (every decoder stage)")
+    g.add_argument("--giou_loss_coef", type=float, default=2.0, help="GIoU loss weight (every decoder stage)")
     g.add_argument("--no_aux_loss", dest="aux_loss", action="store_false", help="loss on the last stage only")
     cli.add_dist_args(p, skip=("world_size",))
     cli.add_logging_args(p, output_dir="./outputs", seed=42)
@@ -116,11 +118,11 @@ def _eval_args(p: argparse.ArgumentParser, mode: str) -> None:
         g.add_argument("--prior_file", default="",
                        help="the query's prior feature: a .pth with a [prior_dim] vector, or [N, prior_dim] rows "
                             "with --prior_row")
-        g.add_argument("--prior_row", type=int, default=0)
+        g.add_argument("--prior_row", type=int, default=0, help="row of --prior_file to use for this query")
     g.add_argument("--trust_pickle", action="store_true",
                    help="unpickle --checkpoint fully (an official file stores its args as a Namespace): trusted "
                         "files only")
-    g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    g.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision (official: fp32)")
     cli.add_dist_args(p, skip=("world_size",))
     cli.add_logging_args(p, only=("output_dir", "seed"), output_dir="./outputs", seed=42)
 

@@ -21,7 +21,8 @@ import os
 from collections import OrderedDict
 from typing import Dict, List
 
-from vgcore.data.build import load_split
+from vgcore.data.checks import require_single_target
+from vgcore.data.build import SKIP_HINT, split_file, target_policy, load_split
 from vgcore.data.errors import DataError
 from vgcore.data.formats import transvg as transvg_fmt
 from vgcore.data.transforms import build_transforms
@@ -116,6 +117,8 @@ def records(args, split: str, model_cfg, tokenizer=None) -> list:
     check_split(args.dataset, split)
     recs = load_split("transvg", args.dataset, split, split_root=args.split_root, image_root=image_root(args),
                       layout="transvg")
+    recs = require_single_target(recs, split_file("transvg", args.dataset, split, args.split_root),
+                                 target_policy(args), needed_by="ResVG (one box per expression)", hint=SKIP_HINT)
     if not recs:
         raise DataError(f"no samples in split {split!r} of {args.dataset} under {args.split_root}")
     check_query_lengths(args, recs, tokenizer or build_tok(args, model_cfg))

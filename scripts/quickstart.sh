@@ -16,7 +16,7 @@
 # 50-step warm-up and per-step cosine, no fusion dropout, the contrastive term off (the bridges let the image
 # CLS see its own text: a shortcut) and the two focal terms at weight 1 instead of 20 (they swamp the box
 # terms in the shared weights of a random-init model); the tiny preset (width 64, 4 fusion layers) uses sine
-# position tables.  Measured on 2 cores: see hivg/README.md, "Learning diagnosis, session 11".
+# position tables.  Measured on 2 cores: see hivg/README.md, "Quickstart".
 # Usage: bash scripts/quickstart.sh [--dry-run]
 #   env: OUT (default ./outputs/quickstart), EPOCHS (8), NUM_TRAIN (6000), PRETRAIN_STEPS (image tower, 3000),
 #   TEXT_STEPS (text tower, 400; 0 leaves it at its random init), TRAIN_CLIP (none: both towers frozen, as

@@ -8,7 +8,7 @@ trains HiVG's tiny CLIP (`vgcore.synthetic.tagpretrain`), after re-drawing the p
 
 * image phase: the vision path (patch embedding, CLS, vision position table, every expert ``A``) on per-patch
   kind / colour tags of synthetic scenes and on each patch's grid row / column (``--fields``; the position tags
-  keep the position table in the features, which the DETR decoder needs: simvg/README.md, "Session 12"),
+  keep the position table in the features, which the DETR decoder needs: simvg/README.md, "Tiny preset"),
   image-only (every token goes through expert A), read off the residual stream after the last two layers
   (``--tag_layers``: the kinds must be readable before the last layer, where the object token picks its target);
 * text phase (``--text_steps``): the text path (token embedding, text position table, every expert ``B``) on
@@ -21,7 +21,7 @@ trains HiVG's tiny CLIP (`vgcore.synthetic.tagpretrain`), after re-drawing the p
   `vgcore.synthetic.tagpretrain.pretrain_joint_tags`).  This is a grounded objective on a separate corpus, the stand-in
   for the web-scale image-text pretraining whose object token SimVG's token branch reads: without it the CLS
   never learns to select its target within a CPU budget and the TB stays at a third of the DB (simvg/README.md,
-  "Session 13").  ``--joint_objective mlm`` is masked language modelling instead (BEiT-3's vision-language
+  "Tiny preset").  ``--joint_objective mlm`` is masked language modelling instead (BEiT-3's vision-language
   objective, optional image-text matching ``--joint_itm_weight``), measured slower for the grounding.
 
 The image and text paths share no parameter (every Linear and LayerNorm of BEiT-3 is multiway), so those
@@ -74,13 +74,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--object_scale", "--object-scale", type=float, default=1.0)
     p.add_argument("--fields", default="kind,color,row,col",
                    help="comma list of kind,color,size (what covers the patch) and row,col (where the patch is: "
-                        "keeps the position table in the features, simvg/README.md 'Session 12')")
+                        "keeps the position table in the features, simvg/README.md 'Tiny preset')")
     p.add_argument("--pretrain_batch_size", type=int, default=16)
     p.add_argument("--pretrain_lr", type=float, default=6e-3)
     p.add_argument("--background_weight", type=float, default=0.1, help="cross-entropy weight of background patches")
     p.add_argument("--min_fraction", type=float, default=0.3, help="share of a patch a shape must cover to label it")
     p.add_argument("--warmup_steps", type=int, default=500,
-                   help="linear warm-up steps of the image phase (simvg/README.md, 'Tag pretraining')")
+                   help="linear warm-up steps of the image phase (simvg/README.md, 'Tiny preset')")
     p.add_argument("--position_std", type=float, default=0.02,
                    help="re-draw both position tables N(0, std) before pretraining; <= 0 keeps the official N(0, 1), "
                         "which at width 128 is ~11x the token embeddings (N(0, D^-0.5)) and drowns them: 150 text steps "
@@ -93,7 +93,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--tag_layers", default="-2,-1",
                    help="comma list of the layers whose patch outputs the image tags supervise (-1 = the last; with "
                         "'residual' features).  Earlier layers make the kinds readable before the last layer, where "
-                        "the object token selects its target (simvg/README.md, 'Session 13')")
+                        "the object token selects its target (simvg/README.md, 'Tiny preset')")
     p.add_argument("--text_steps", type=int, default=400, help="text-phase steps (0: the text path keeps its init)")
     p.add_argument("--text_records", type=int, default=6000)
     p.add_argument("--text_batch_size", type=int, default=64)
@@ -102,7 +102,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--joint_objective", choices=["cls_tags", "mlm"], default="cls_tags",
                    help="'cls_tags': the image CLS of the joint forward (SimVG's object token) says what the "
                         "expression says; 'mlm': masked language modelling, BEiT-3's vision-language objective "
-                        "(simvg/README.md, 'Session 13')")
+                        "(simvg/README.md, 'Tiny preset')")
     p.add_argument("--joint_params", choices=["attention", "all"], default="attention",
                    help="weights the joint phase trains: the attention blocks of every layer and the CLS token, or "
                         "all (measured slower for the grounding, simvg/README.md)")

@@ -134,7 +134,7 @@ TINY_ONE_PROCESS = ("simvg/train_tiny_synthetic.sh",)
 @pytest.mark.parametrize("rel", TINY_ONE_PROCESS)
 def test_tiny_synthetic_default_is_one_process(rel, tmp_path):
     """On the CPU one process on every core with in-process loading is the fastest layout (simvg/README.md,
-    "Session 14"): the default prints plain `python <method>/train.py` with the whole batch of 16 and no loader
+    "Tiny preset"): the default prints plain `python <method>/train.py` with the whole batch of 16 and no loader
     worker; NPROC=2 splits the same batch over two launched processes."""
     method = rel.split("/")[0]
     for nproc, batch in (("", "16"), ("2", "8")):

@@ -171,11 +171,11 @@ def test_pretrain_tiny_file_loads_frozen_into_train(tmp_path, monkeypatch):
 
 
 def test_train_clip_flag_values():
-    from hivg.weights import _train_clip_mode
-    assert _train_clip_mode(True) == "all" and _train_clip_mode(False) == "none"
-    with pytest.raises(ValueError, match="--train_clip"):
-        _train_clip_mode("both")
-
+    from hivg.train import get_args_parser
+    p = get_args_parser()
+    assert p.parse_args(["--train_clip"]).train_clip == "all" and p.parse_args([]).train_clip == "none"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--train_clip", "both"])
 
 def test_program_tags_say_what_the_expression_says():
     from vgcore.synthetic.scenes import make_records, parse_expression

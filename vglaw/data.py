@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from vgcore.data.build import REFER_DATASETS, load_split
+from vgcore.data.checks import require_single_target
+from vgcore.data.build import SKIP_HINT, split_file, target_policy, REFER_DATASETS, load_split
 from vgcore.data.masks import decode_mask
 from vgcore.data.transforms import Compose, Sample, build_transforms
 
@@ -70,6 +71,8 @@ def records(args, split: str, need_masks: bool) -> list:
         key = args.dataset
     recs = load_split(args.format, key, split, split_root=args.split_root, data_root=args.data_root,
                       image_root=args.image_root or None, layout=_LAYOUTS.get(args.format, "transvg"), **kw)
+    recs = require_single_target(recs, split_file(args.format, key, split, args.split_root), target_policy(args),
+                                 needed_by="VG-LAW (one box and mask per expression)", hint=SKIP_HINT)
     if not recs:
         raise ValueError(f"no samples in {args.format} split {split!r} of {args.dataset} under {args.split_root}")
     if not need_masks:

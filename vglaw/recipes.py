@@ -84,10 +84,10 @@ def add_model_args(p: argparse.ArgumentParser, mode: str) -> None:
     d.add_argument("--split_root", default="./data", help="annotation root (refer: <split_root>/<dataset>/refs(...).p)")
     d.add_argument("--data_root", default="./data", help="images below the refer layout's folders")
     d.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root)")
-    cli.add_data_args(p, only=("num_workers", "batch_size", "eval_batch_size"), batch_size=8)
+    cli.add_data_args(p, only=("num_workers", "batch_size", "eval_batch_size", "skip_bad_targets"), batch_size=8)
     cli.add_dist_args(p, skip=("world_size",))
     if mode == "train":
-        p.add_argument("--train_split", default="train")
+        p.add_argument("--train_split", default="train", help="training split")
         p.add_argument("--val_split", default="val", help="model selection split (officially the last test split)")
         p.add_argument("--translate", type=str2bool, nargs="?", const=True, default=True,
                        help="random placement on the canvas during training (centred at evaluation)")
@@ -102,21 +102,21 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr_base", type=float, default=1e-4, help="weight generator and heads")
     g.add_argument("--lr_visual", type=float, default=1e-5, help="visual_encoder.* (ViTDet)")
     g.add_argument("--lr_lang", type=float, default=1e-5, help="text_encoder.* (BERT)")
-    g.add_argument("--weight_decay", type=float, default=1e-4)
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
     g.add_argument("--lr_scheduler", default="step", choices=["step", "poly", "cosine"],
                    help="after the warm-up: x drop_rate at each of --drop_epochs (step), poly or cosine decay")
     g.add_argument("--warmup_steps", type=int, default=8000,
                    help="linear warm-up from 0.01 x lr over this many batches per process")
-    g.add_argument("--max_epochs", type=int, default=20)
-    g.add_argument("--drop_epochs", type=int, nargs="+", default=[10])
-    g.add_argument("--drop_rate", type=float, default=0.1)
-    g.add_argument("--poly_power", type=float, default=0.9)
+    g.add_argument("--max_epochs", type=int, default=20, help="training epochs")
+    g.add_argument("--drop_epochs", type=int, nargs="+", default=[10], help="epochs at which the step schedule multiplies the lr by --drop_rate")
+    g.add_argument("--drop_rate", type=float, default=0.1, help="lr factor at each drop epoch")
+    g.add_argument("--poly_power", type=float, default=0.9, help="exponent of the poly schedule")
     g.add_argument("--compat_constant_lr", action="store_true",
                    help="the MindSpore port's actual behaviour: its schedule is computed but never applied, "
                         "so every group trains at its constant rate")
     g.add_argument("--clip_max_norm", type=float, default=0.15, help="global gradient-norm clip (0 = off)")
     for name in ("bbox", "xiou", "focal", "dice"):
-        g.add_argument(f"--{name}_loss_coef", type=float, default=1.0)
+        g.add_argument(f"--{name}_loss_coef", type=float, default=1.0, help="weight of this loss term")
     cli.add_optim_args(p, only=("amp",))
     g2 = p.add_argument_group("VG-LAW run")
     g2.add_argument("--eval_step", type=int, default=1, help="epochs between validations")

@@ -8,7 +8,7 @@
 #   3. simvg/train.py --preset onestage (DB + DWBD token branch, official losses) over that backbone at x0.2
 #      (official x0.1), lr 5e-4, batch 16, no LSJ, no warm-up, one x0.1 decay before the last epoch;
 #   4. simvg/eval.py on val (DB and TB Acc@0.5) and the trivial / noun-only baselines.
-# Measured alone on 2 cores: see simvg/README.md, "Session 14" (figures also in the header of
+# Measured alone on 2 cores: see simvg/README.md, "Quickstart" (figures also in the header of
 # tests/test_simvg_learning.py).  JOINT_STEPS=0 drops the joint phase (the TB then stays at a third of the DB).
 # gRefCOCO-style: DATASET=grefcoco (10 queries).
 # Usage: bash scripts/simvg/train_tiny_synthetic.sh [--dry-run]

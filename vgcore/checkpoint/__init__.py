@@ -22,7 +22,7 @@ A method's loader for an official checkpoint is a rule table over these::
 from .keys import ConversionError, ConversionReport, Rules, convert_state_dict, strip_prefix, unwrap, unwrap_checkpoint
 from .resample import resample_patch_kernel, resample_pos_table
 from .safe import SAFE_GLOBALS, UntrustedFileError, load_plain_pickle, torch_load
-from .strict import StateDictMismatchError, check_state_dict, group_keys, load_state_dict_strict, load_strict
+from .strict import StateDictMismatchError, check_state_dict, group_keys, load_strict
 from .training import (FORMAT, MODEL_FORMAT, atomic_save, get_rng_state, load_checkpoint, load_model_file,
                        save_checkpoint, save_model, set_rng_state)
 
@@ -30,7 +30,7 @@ __all__ = [
     "torch_load", "load_plain_pickle", "UntrustedFileError", "SAFE_GLOBALS",
     "unwrap", "unwrap_checkpoint", "strip_prefix", "Rules", "convert_state_dict", "ConversionReport",
     "ConversionError", "resample_pos_table", "resample_patch_kernel",
-    "load_strict", "load_state_dict_strict", "check_state_dict", "StateDictMismatchError", "group_keys",
+    "load_strict", "check_state_dict", "StateDictMismatchError", "group_keys",
     "atomic_save", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state", "save_model",
     "load_model_file", "FORMAT", "MODEL_FORMAT",
 ]

@@ -9,7 +9,7 @@ import torch
 
 from ..dist import unwrap_model
 
-__all__ = ["StateDictMismatchError", "check_state_dict", "load_strict", "load_state_dict_strict", "group_keys"]
+__all__ = ["StateDictMismatchError", "check_state_dict", "load_strict", "group_keys"]
 
 
 def _ranges(ids: List[int]) -> str:
@@ -95,5 +95,3 @@ def load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], allow_mi
     res = unwrap_model(model).load_state_dict(sd, strict=False, assign=assign)
     return list(res.missing_keys), list(res.unexpected_keys)
 
-
-load_state_dict_strict = load_strict

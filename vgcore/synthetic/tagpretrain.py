@@ -2,7 +2,7 @@
 
 The papers start from towers pretrained on web data (CLIP for HiVG, BEiT-3 for SimVG); none of those weights
 are available offline, and a tiny tower trained from random initialisation by the grounding losses alone
-does not learn the shape kinds within a CPU budget (hivg/README.md, "Learning diagnosis, session 6").  This
+does not learn the shape kinds within a CPU budget (hivg/README.md, "Tiny preset").  This
 module stands in for that pretraining: every patch of a synthetic scene, seen through the method's own
 evaluation transform, is labelled with the kind / colour / size of the shape that covers it
 (`vgcore.synthetic.scenes.scene_tag_maps` + `patch_tags`), and a linear probe per field on the tower's patch
@@ -13,7 +13,7 @@ features is trained with cross-entropy.  Use scenes of a seed the grounding data
     result = pretrain_tags(lambda x: tower(x)[0][-1][:, 1:], tower.parameters(), train, steps=3000)
 
 The defaults (batch 16, lr 6e-3, cosine) are what learned the kinds fastest for HiVG's tiny tower: 92% of the
-shape patches of held-out scenes after 3,000 steps (hivg/README.md, "Learning diagnosis, session 7").
+shape patches of held-out scenes after 3,000 steps (hivg/README.md, "Tiny preset").
 
 Besides the content tags, ``fields`` may hold ``row`` / ``col`` (`POSITION_FIELDS`): every patch labelled with
 its grid cell, so that the features keep the position table.  Text towers: `ExpressionTagDataset` +
@@ -577,7 +577,7 @@ def pretrain_joint_tags(pooled: Callable[[torch.Tensor, torch.Tensor, torch.Tens
     head per field shared by all reads, cross-entropy); with ``referent_weight`` > 0 the last read must also say
     what the described object looks like and where it is (`referent_tags` on a ``grid``: one linear head per
     `REFERENT_FIELDS`).  The CLS can learn either only through its attention (to the text tokens, then to the
-    patches of the described object), which is what SimVG's token branch needs (simvg/README.md, "Session 13").
+    patches of the described object), which is what SimVG's token branch needs (simvg/README.md, "Tiny preset").
     Returns {"heads", "history", "seconds", "val" (`joint_tag_accuracy` on ``val_dataset``, when given)}."""
     if referent_weight > 0 and grid < 1:
         raise ValueError("pretrain_joint_tags: referent_weight > 0 needs the grid size (e.g. 8 for 128 px / 16)")
