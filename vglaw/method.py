@@ -16,7 +16,7 @@ from vgcore.viz import draw_grounding
 from vglaw import convert as _convert
 from vglaw import data, evaluation
 from vglaw.loss import VGLAWCriterion, VGLAWLossConfig
-from vglaw.model import VGLAW, build_model, config_from_args
+from vglaw.model import VGLAW, build_model
 from vglaw.recipes import add_eval_args, add_model_args, add_train_args, prepare_args, task_of
 
 NAME = "VG-LAW"
