@@ -37,6 +37,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from vgcore.cli import parse_key_values
+
 from vgcore.checkpoint import Rules, convert_state_dict, load_strict, resample_pos_table, torch_load, unwrap
 from vgcore.models.beit3 import VISION_POS_KEY, VISION_POS_PREFIX_ROWS, adapt_beit3_pretrained
 
@@ -233,14 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--trust_pickle", action="store_true",
                    help="unpickle --src fully if a weights-only load refuses it (it could run code): trusted files only")
     a = p.parse_args(argv)
-    import json
-    overrides = {}
-    for item in a.set:
-        k, _, v = item.partition("=")
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
+    overrides = parse_key_values(a.set)
     raw = torch_load(a.src, trust_pickle=a.trust_pickle)
     if isinstance(raw, dict) and "model" in raw and _is_beit3_pretrained(raw["model"]):
         from simvg.model import config_from_args

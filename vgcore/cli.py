@@ -196,3 +196,16 @@ def set_help(parser: argparse.ArgumentParser, **helps: str) -> None:
         raise TypeError(f"set_help: no flag(s) {sorted(unknown)}")
     for dest, text in helps.items():
         actions[dest].help = text
+
+
+def parse_key_values(items) -> dict:
+    """``--set KEY=JSON`` values -> {KEY: parsed JSON} (a value that is not JSON stays a string)."""
+    import json
+    out = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out

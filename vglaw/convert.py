@@ -41,7 +41,6 @@ CLI: ``python -m vglaw.convert --src law.ckpt --dst ours.pth`` (VG-LAW), ``--src
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -49,6 +48,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from vgcore.cli import parse_key_values
 
 from vgcore.checkpoint import load_plain_pickle, load_strict
 
@@ -459,13 +460,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="VG-LAW checkpoints: override an inferred config key (value parsed as JSON), repeatable")
     a = p.parse_args(argv)
-    overrides = {}
-    for item in a.set:
-        k, _, v = item.partition("=")
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
+    overrides = parse_key_values(a.set)
     sd, _ = _read_any(a.src)
     kind = _kind(sd)
     if kind == "vglaw":
