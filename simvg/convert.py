@@ -37,9 +37,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from vgcore.cli import parse_key_values
-
 from vgcore.checkpoint import Rules, convert_state_dict, load_strict, resample_pos_table, torch_load, unwrap
+from vgcore.cli import parse_key_values
 from vgcore.models.beit3 import VISION_POS_KEY, VISION_POS_PREFIX_ROWS, adapt_beit3_pretrained
 
 __all__ = ["OFFICIAL_COMPAT", "RULES", "map_key", "official_key", "to_official_state_dict", "convert_simvg_state_dict",
