@@ -99,11 +99,7 @@ def build_optimizer(args, model: HiVG, iters_per_epoch: int):
 
 
 def loop_config(args) -> LoopConfig:
-    return LoopConfig(epochs=args.epochs, output_dir=args.output_dir, resume=args.resume, eval_every=args.eval_every,
-                      clip_max_norm=args.clip_max_norm, accum_steps=args.accum_steps, amp=args.amp,
-                      log_every=args.log_every, checkpoint_every_steps=args.checkpoint_every_steps,
-                      max_steps=args.max_steps, stop_after_steps=args.stop_after_steps,
-                      tensorboard=args.tensorboard, metric="acc@0.5", mode="max")
+    return LoopConfig.from_cli(args, metric="acc@0.5", mode="max")
 
 
 def before_fit(args, model: HiVG, validate, logger) -> Optional[float]:

@@ -104,6 +104,16 @@ class LoopConfig:
         if self.accum_steps < 1:
             raise ValueError(f"LoopConfig.accum_steps must be >= 1, got {self.accum_steps}")
 
+    @classmethod
+    def from_cli(cls, args, *, metric: str = "acc@0.5", mode: str = "max") -> "LoopConfig":
+        """The loop of a parser built from `vgcore.cli`'s optim and logging groups (their flag names, read one by
+        one); a method whose flags have other names builds its `LoopConfig` field by field."""
+        return cls(epochs=args.epochs, output_dir=args.output_dir, resume=args.resume, eval_every=args.eval_every,
+                   clip_max_norm=args.clip_max_norm, accum_steps=args.accum_steps, amp=args.amp,
+                   log_every=args.log_every, checkpoint_every_steps=args.checkpoint_every_steps,
+                   max_steps=args.max_steps, stop_after_steps=args.stop_after_steps,
+                   tensorboard=bool(args.tensorboard), metric=metric, mode=mode)
+
     def validates_after(self, epoch: int) -> bool:
         """Whether validation runs at the end of 0-based ``epoch``."""
         if epoch < self.eval_start_epoch:
