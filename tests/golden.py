@@ -25,6 +25,7 @@ import json
 import math
 import operator
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -390,3 +391,18 @@ def produce_all(names: Iterable[str], rules: Callable[[str], Any]) -> dict:
         except LookupError as e:
             out[n] = Unproducible(str(e).strip("'\""))
     return out
+
+
+def variant_case(template: Path, tmp_path: Path, edit: Callable[[dict, dict, dict], None]) -> Path:
+    """A copy of the case ``template`` in ``tmp_path`` whose spec / inputs / outputs ``edit(spec, inputs,
+    outputs)`` changes in place (meta-tests: the tests must follow what a case's files say)."""
+    dst = tmp_path / (template.name + "_variant")
+    dst.mkdir()
+    case = load(template)
+    edit(case.spec, case.inputs, case.outputs)
+    (dst / "spec.json").write_text(json.dumps(case.spec))
+    torch.save(case.inputs, dst / "inputs.pt")
+    torch.save(case.outputs, dst / "outputs.pt")
+    if (template / "buffers.pt").is_file():
+        shutil.copy(template / "buffers.pt", dst / "buffers.pt")
+    return dst

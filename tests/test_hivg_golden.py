@@ -16,7 +16,6 @@ an unknown flag) in a temporary folder and run them through the same code.
 from __future__ import annotations
 
 import json
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -255,18 +254,7 @@ def _template():
 
 
 def _variant(tmp_path: Path, edit) -> Path:
-    """A copy of the first discovered case whose spec / inputs / outputs ``edit(spec, inputs, outputs)`` changes."""
-    src = _template()
-    dst = tmp_path / (src.name + "_variant")
-    dst.mkdir()
-    case = golden.load(src)
-    edit(case.spec, case.inputs, case.outputs)
-    (dst / "spec.json").write_text(json.dumps(case.spec))
-    torch.save(case.inputs, dst / "inputs.pt")
-    torch.save(case.outputs, dst / "outputs.pt")
-    if (src / "buffers.pt").is_file():
-        shutil.copy(src / "buffers.pt", dst / "buffers.pt")
-    return dst
+    return golden.variant_case(_template(), tmp_path, edit)
 
 
 def test_meta_unproducible_output_fails_by_name(tmp_path):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -333,17 +332,7 @@ def _template():
 
 
 def _variant(tmp_path: Path, edit) -> Path:
-    src = _template()
-    dst = tmp_path / (src.name + "_variant")
-    dst.mkdir()
-    case = golden.load(src)
-    edit(case.spec, case.inputs, case.outputs)
-    (dst / "spec.json").write_text(json.dumps(case.spec))
-    torch.save(case.inputs, dst / "inputs.pt")
-    torch.save(case.outputs, dst / "outputs.pt")
-    if (src / "buffers.pt").is_file():
-        shutil.copy(src / "buffers.pt", dst / "buffers.pt")
-    return dst
+    return golden.variant_case(_template(), tmp_path, edit)
 
 
 def test_meta_unproducible_output_fails_by_name(tmp_path):
