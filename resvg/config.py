@@ -33,9 +33,10 @@ frozen_bn_eps                      FrozenBatchNorm2d with eps 1e-5 inside the sq
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional, Tuple
+
+from vgcore.models.config import config_from
 
 __all__ = ["ResVGConfig", "PRESETS", "MODEL_SWITCHES", "OFFICIAL_COMPAT", "COMPAT_ELSEWHERE", "config_from_args",
            "config_from_official", "OFFICIAL_FREEZE_NAMES"]
@@ -160,31 +161,7 @@ def config_from_args(args: Any = None, **overrides) -> ResVGConfig:
 
     ``preset`` / ``model_preset`` names a `PRESETS` entry applied first.  A dict must hold only config fields
     (unknown keys raise); a Namespace may hold other options, which are ignored."""
-    if isinstance(args, ResVGConfig):
-        return ResVGConfig(**{**args.to_dict(), **overrides})
-    names = {f.name for f in fields(ResVGConfig)}
-    if args is None:
-        d, strict = {}, True
-    elif isinstance(args, dict):
-        d, strict = dict(args), True
-    elif isinstance(args, argparse.Namespace):
-        d, strict = dict(vars(args)), False
-    else:
-        raise TypeError(f"config_from_args: expected a dict, Namespace or ResVGConfig, got {type(args).__name__}")
-    d.update(overrides)
-    preset = d.get("model_preset") or d.get("preset")
-    if not strict and not d.get("model_preset") and preset not in PRESETS:
-        preset = None
-    kw: Dict[str, Any] = {}
-    if preset:
-        if preset not in PRESETS:
-            raise KeyError(f"unknown ResVG preset {preset!r}; choose from {sorted(PRESETS)}")
-        kw.update(PRESETS[preset])
-    unknown = sorted(k for k in d if k not in names and k not in ("preset", "model_preset"))
-    if strict and unknown:
-        raise KeyError(f"unknown ResVG config keys {unknown}; valid: {sorted(names)}")
-    kw.update({k: v for k, v in d.items() if k in names and v is not None})
-    return ResVGConfig(**kw)
+    return config_from(ResVGConfig, args, PRESETS, "ResVG", **overrides)
 
 
 # ------------------------------------------------------------------------------------------ official mapping

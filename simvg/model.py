@@ -25,14 +25,14 @@ The default comes from ``SimVGConfig.default_branch``.
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vgcore.models.config import config_from
 from vgcore.models.beit3 import BEiT3, beit3_config, load_beit3_pretrained
 from vgcore.boxes import box_cxcywh_to_xyxy
 
@@ -97,33 +97,7 @@ def config_from_args(args: Any = None, **overrides) -> SimVGConfig:
     options, which are ignored.  ``model_preset`` (or ``preset`` when it names a `PRESETS` entry) selects a
     preset applied before the other keys.
     """
-    if isinstance(args, SimVGConfig):
-        base = args.to_dict()
-        base.update(overrides)
-        return SimVGConfig(**base)
-    names = {f.name for f in fields(SimVGConfig)}
-    if args is None:
-        d, strict = {}, True
-    elif isinstance(args, dict):
-        d, strict = dict(args), True
-    elif isinstance(args, argparse.Namespace):
-        d, strict = vars(args), False
-    else:
-        d, strict = {k: getattr(args, k) for k in dir(args) if not k.startswith("_")}, False
-    d = {**d, **overrides}
-    preset = d.get("model_preset") or d.get("preset")
-    if not strict and not d.get("model_preset") and preset not in PRESETS:
-        preset = None  # a Namespace's 'preset' may name a training recipe; only 'model_preset' is strict there
-    kw = {}
-    if preset:
-        if preset not in PRESETS:
-            raise KeyError(f"unknown SimVG preset {preset!r}; choose from {sorted(PRESETS)}")
-        kw.update(PRESETS[preset])
-    unknown = sorted(k for k in d if k not in names and k not in ("preset", "model_preset"))
-    if strict and unknown:
-        raise KeyError(f"unknown SimVG config keys {unknown}; valid: {sorted(names)}")
-    kw.update({k: v for k, v in d.items() if k in names and v is not None})
-    return SimVGConfig(**kw)
+    return config_from(SimVGConfig, args, PRESETS, "SimVG", **overrides)
 
 
 class SimVG(nn.Module):
