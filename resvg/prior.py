@@ -11,6 +11,9 @@ row i of the split list (``record.extra["index"]``).  Any mismatch raises `vgcor
 naming the file and the sample: a file of the wrong length, a row of the wrong width, a missing (None) or
 non-finite row.  `batch_prior` stacks the rows of a batch's records into the [B, D] tensor the model reads.
 
+The files are made by the prior pipeline, `resvg.prior_gen` (``python -m resvg.prior_gen``: text-to-image images
+of each query embedded by an image encoder, resumable and sharded).
+
 The rows travel inside the records because the shared collate (`vgcore.data.dataset.Collate`) only carries the
 dataset index in ``Batch.extra``; ``batch.extra["prior_feature"]``, when present, wins.
 """
