@@ -120,13 +120,15 @@ def add_generation_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                         "features carry no meaning)")
     g.add_argument("--encoder_trust_pickle", action="store_true",
                    help="unpickle --encoder_weights fully (e.g. OpenAI's TorchScript ViT-B-16.pt): trusted files only")
-    g.add_argument("--images_per_query", type=int, default=1, help="images drawn per query; their embeddings are averaged")
+    g.add_argument("--images_per_query", type=int, default=1,
+                   help="images drawn per query; their embeddings are averaged")
     g.add_argument("--steps", type=int, default=50, help="denoising steps")
     g.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance scale")
     g.add_argument("--gen_height", type=int, default=None, help="image height (None: the pipeline's)")
     g.add_argument("--gen_width", type=int, default=None, help="image width (None: the pipeline's)")
     g.add_argument("--gen_seed", type=int, default=0, help="noise seed (hashed with the prompt and image index)")
-    g.add_argument("--prompt_template", default="{query}", help="prompt built from the query, e.g. 'a photo of {query}'")
+    g.add_argument("--prompt_template", default="{query}",
+                   help="prompt built from the query, e.g. 'a photo of {query}'")
     g.add_argument("--no_normalize", action="store_true",
                    help="average the raw image embeddings instead of L2-normalised ones")
     g.add_argument("--gen_dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
@@ -330,11 +332,12 @@ def read_queries(split_root: str, dataset: str, split: str, trust_pickle: bool =
     queries = []
     for i, item in enumerate(data):
         if not isinstance(item, (list, tuple)) or len(item) != fields:
-            raise DataError(f"{path}: sample {i}: expected a {fields}-tuple, got {type(item).__name__} "
-                            f"{'of ' + str(len(item)) + ' fields' if isinstance(item, (list, tuple)) else ''}")
+            got = f"{len(item)} fields" if isinstance(item, (list, tuple)) else type(item).__name__
+            raise DataError(f"{path}: sample {i}: expected a {fields}-tuple, got {got}")
         q = item[at]
         if not isinstance(q, str) or not q.strip():
-            raise DataError(f"{path}: sample {i} ({item[0]!r}): the query is {'empty' if isinstance(q, str) else type(q).__name__}")
+            what = "empty" if isinstance(q, str) else f"a {type(q).__name__}, not a str"
+            raise DataError(f"{path}: sample {i} ({item[0]!r}): the query is {what}")
         queries.append(q)
     return path, queries
 
@@ -630,7 +633,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="unc", choices=sorted(DATASET_SPLITS))
-    g.add_argument("--split", nargs="+", default=["val"], help="split(s) of the dataset, e.g. new_train val testA testB")
+    g.add_argument("--split", nargs="+", default=["val"],
+                   help="split(s) of the dataset, e.g. new_train val testA testB")
     g.add_argument("--split_root", default="./data", help="<split_root>/<dataset>/<dataset>_<split>.pth")
     g.add_argument("--prior_root", default="", help="where <split>_fea.pth is written (default <split_root>/<dataset>)")
     g.add_argument("--prior_dim", type=int, default=512, help="expected feature width (the model's prior_dim)")

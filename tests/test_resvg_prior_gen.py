@@ -101,7 +101,8 @@ def test_interrupted_or_stopped_runs_resume_to_the_same_bytes(tiny, syn, referen
     assert sorted(p.name for p in parts.glob("chunk_*.pth")) == ["chunk_000000.pth"]
     assert not (tmp_path / "test_fea.pth").exists()
     (parts / ".chunk_000001.pth.abc123.tmp").write_bytes(b"half-written")  # what a SIGKILL mid-save leaves
-    monkeypatch.setattr(PriorGenerator, "features", lambda self, p, n=None: (calls.append(list(p)), real(self, p, n))[1])
+    monkeypatch.setattr(PriorGenerator, "features",
+                        lambda self, p, n=None: (calls.append(list(p)), real(self, p, n))[1])
     main(argv)
     assert len(calls) == 2 + 2  # resumed: chunks 1 and 2 only (7 distinct prompts, chunks of 3)
     assert not list(parts.glob(".*.tmp"))
@@ -138,7 +139,8 @@ def test_reuse_split_generates_only_the_new_queries(tiny, syn, reference, tmp_pa
     torch.save(reference, root / "test_fea.pth")
     calls = []
     real = PriorGenerator.features
-    monkeypatch.setattr(PriorGenerator, "features", lambda self, p, n=None: (calls.append(list(p)), real(self, p, n))[1])
+    monkeypatch.setattr(PriorGenerator, "features",
+                        lambda self, p, n=None: (calls.append(list(p)), real(self, p, n))[1])
     argv = _argv(tiny, syn, "new_train", "--reuse_split", "test")
     argv[argv.index("--split_root") + 1] = str(tmp_path / "data")
     main(argv)
@@ -156,7 +158,8 @@ def test_bad_queries_and_widths_are_named(tiny, syn, tmp_path):
     torch.save(long, root / "unc" / "unc_val.pth")
     argv = _argv(tiny, syn, "val", "--prior_root", str(tmp_path / "p"))
     argv[argv.index("--split_root") + 1] = str(root)
-    with pytest.raises(DataError, match=r"unc_val.pth: sample 2 \('the small red circle.*has 87 tokens.*maximum 77"):
+    with pytest.raises(DataError,
+                       match=r"unc_val.pth: sample 2 \('the small red circle.*has 87 tokens.*maximum 77"):
         main(argv)
     assert main(argv + ["--truncate_long_prompts"]) == [str(tmp_path / "p" / "val_fea.pth")]
     torch.save(val[:1] + [val[1][:3] + ("  ",) + val[1][4:]], root / "unc" / "unc_val.pth")
@@ -197,6 +200,10 @@ def test_predict_computes_the_prior_on_the_fly_or_says_it_falls_back(tiny, syn, 
     predict.main(predict.get_args_parser().parse_args(base + ["--out", str(tmp_path / "c.png")]))
     out = capsys.readouterr().out
     assert "no --generator and no --prior_file" in out and "all-zero prior feature" in out
+    long = base[:]
+    long[long.index("--text") + 1] = "the red circle " * 7
+    with pytest.raises(DataError, match=r"--text 'the red circle .*has 86 tokens.*maximum 77"):
+        predict.main(predict.get_args_parser().parse_args(long + gen + ["--out", str(tmp_path / "e.png")]))
     with pytest.raises(SystemExit, match="not both"):
         predict.main(predict.get_args_parser().parse_args(
             base + gen + ["--prior_file", str(tmp_path / "a_prior.pth"), "--out", str(tmp_path / "d.png")]))
