@@ -2,6 +2,7 @@
 # Trains and evaluates the fully supervised single-dataset rows of every method, one after the other:
 #   hivg   HiVG paper Table 1 rows "HiVG (CLIP-B)" and "HiVG-L (CLIP-L)", single-dataset fine-tuning
 #   simvg  SimVG README row "SimVG (ViT-L/32, DB)" single-dataset, and the ViT-B one-stage recipe
+#   vglaw  VG-LAW README rows (ViT-B multi-task REC + RES: RefCOCO, RefCOCO+, RefCOCOg-umd, RefClef)
 # (pre-training rows - HiVG mixup, SimVG pre-train/fine-tune/distill - have their own scripts under
 # scripts/<method>/.)
 #
@@ -19,6 +20,7 @@ RUNS=(
     "hivg  hivg/train_finetune_large.sh"
     "simvg simvg/train_single_large.sh"
     "simvg simvg/train_onestage_base.sh"
+    "vglaw vglaw/train_multitask.sh"
 )
 
 known=()

@@ -21,7 +21,7 @@ BASH = shutil.which("bash")
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash not available")
 
 BATCH_RE = re.compile(r"^# batch: (\d+) processes x per-GPU (\d+) x accumulation (\d+) = global (\d+) "
-                      r"\(official: (\d+) GPUs x (\d+)\)$")
+                      r"\(official: (\d+) GPUs x (\d+)(?: x accumulation (\d+))?\)$")
 
 # script (and arguments) -> the official (GPUs, per-GPU batch) of each training phase, in order
 OFFICIAL = {
@@ -38,7 +38,13 @@ OFFICIAL = {
     ("simvg/train_distill_base.sh",): [(1, 32)] * 3,
     ("simvg/train_pretrain_distill_large.sh", "refcoco"): [(8, 4), (1, 4)],
     ("train_and_eval_full_sup.sh", "simvg"): [(1, 4)] * 12 + [(1, 32)] * 7,
+    # VG-LAW: 4 GPUs x batch 1 x 64 accumulation steps (--batch_sum 256), two stages per dataset
+    ("vglaw/train_multitask.sh",): [(4, 1)] * 8,
+    ("train_and_eval_full_sup.sh", "vglaw"): [(4, 1)] * 8,
 }
+# scripts whose per-GPU batch may exceed the official one (VG-LAW's batch 1 per GPU was a MindSpore memory
+# workaround; VGLAW_BS, default 8, is the cap) and whose accumulation is realised by --batch_sum
+PER_GPU_CAP = {"vglaw": 8}
 
 
 def _dry(script, *args, **env):
@@ -62,7 +68,7 @@ def _train_launches(out):
     for line in out.splitlines():
         m = BATCH_RE.match(line)
         if m:
-            last = tuple(int(x) for x in m.groups())
+            last = tuple(None if x is None else int(x) for x in m.groups())
         elif line.startswith("+ ") and "/train.py" in line:
             assert last is not None, f"no batch line before {line}"
             runs.append((last, shlex.split(line[2:])))
@@ -81,17 +87,37 @@ def _nproc(argv):
 def test_global_batch_is_official(key, ngpu):
     env = {} if ngpu is None else {"NGPU": ngpu}
     runs = _train_launches(_dry(*key, **env))
-    assert [(g, b) for (_, _, _, _, g, b), _ in runs] == OFFICIAL[key]
-    for (procs, bs, accum, glob, gpus, per), argv in runs:
-        assert glob == gpus * per                                    # the official global batch
+    assert [(g, b) for (_, _, _, _, g, b, _), _ in runs] == OFFICIAL[key]
+    for (procs, bs, accum, glob, gpus, per, off_accum), argv in runs:
+        off_accum = off_accum or 1
+        assert glob == gpus * per * off_accum                        # the official global batch
         assert procs * bs * accum == glob                            # what the printed line claims
         assert _nproc(argv) == procs                                 # ... is what is launched
-        assert int(_flag(argv, "--batch_size")) == bs <= per         # never more memory than officially
-        assert int(_flag(argv, "--accum_steps") or 1) == accum
+        cap = next((c for m, c in PER_GPU_CAP.items() if f"{m}/train.py" in argv), per)
+        assert int(_flag(argv, "--batch_size")) == bs <= cap         # never more memory than officially / the cap
+        if _flag(argv, "--batch_sum"):                               # the method accumulates batch_sum / (bs x procs)
+            assert int(_flag(argv, "--batch_sum")) == glob and "--accum_steps" not in argv
+        else:
+            assert int(_flag(argv, "--accum_steps") or 1) == accum
         if ngpu is None:                                             # default = the official command
-            assert (procs, bs, accum) == (gpus, per, 1) and "--accum_steps" not in argv
+            assert (procs, bs * accum) == (gpus, per * off_accum) and "--accum_steps" not in argv
+            assert cap != per or (bs, accum) == (per, off_accum)
         else:
             assert procs <= ngpu
+
+
+def test_vglaw_layouts_and_warmup():
+    """256 on 1 / 4 / 8 / 3 GPUs with the per-GPU cap 8 (VGLAW_BS=1 on 4 GPUs: the released scripts' exact layout);
+    the warm-up always covers the official 32,000 samples (8000 batches of 1 on each of 4 processes)."""
+    got = {}
+    for n, bs in ((1, None), (4, None), (8, None), (3, None), (4, 1)):
+        env = {"NGPU": n, "STAGES": "stage1"} | ({"VGLAW_BS": bs} if bs else {})
+        (line, argv), = _train_launches(_dry("vglaw/train_multitask.sh", "refcoco", **env))
+        got[(n, bs)] = line[:4]
+        procs, b = line[0], line[1]
+        assert int(_flag(argv, "--warmup_steps")) * b * procs == 32000
+    assert got == {(1, None): (1, 8, 32, 256), (4, None): (4, 8, 8, 256), (8, None): (8, 8, 4, 256),
+                   (3, None): (2, 8, 16, 256), (4, 1): (4, 1, 64, 256)}
 
 
 def test_numbers_for_hivg_warmup():

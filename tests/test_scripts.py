@@ -120,7 +120,7 @@ def test_dry_run_prints_launch_commands(path, tmp_path):
         if "torch.distributed.launch" in cmd:
             assert "--use_env" in cmd and any(c.startswith("--nproc_per_node=") for c in cmd), cmd
     if rel == "train_and_eval_full_sup.sh":
-        expected = {f"{m}/train.py" for m in ("hivg", "simvg")}
+        expected = {f"{m}/train.py" for m in ("hivg", "simvg", "vglaw")}
     else:
         method = rel.split("/")[0]
         expected = {f"{method}/eval.py" if path.name.startswith("eval") else f"{method}/train.py"}
@@ -128,7 +128,7 @@ def test_dry_run_prints_launch_commands(path, tmp_path):
     assert not (tmp_path / "out").exists(), f"{rel}: the dry run created files"
 
 
-TINY_ONE_PROCESS = ("simvg/train_tiny_synthetic.sh",)
+TINY_ONE_PROCESS = ("simvg/train_tiny_synthetic.sh", "vglaw/train_tiny_synthetic.sh")
 
 
 @pytest.mark.parametrize("rel", TINY_ONE_PROCESS)
@@ -310,7 +310,7 @@ def _parser_or_skip(method: str, kind: str):
     return mod.get_args_parser()
 
 
-@pytest.mark.parametrize("method,kind", [(m, k) for m in ("hivg", "simvg") for k in ("train", "eval")])
+@pytest.mark.parametrize("method,kind", [(m, k) for m in ("hivg", "simvg", "vglaw") for k in ("train", "eval")])
 def test_commands_parse_with_real_parser(method, kind):
     parser = _parser_or_skip(method, kind)
     target = f"{method}/{kind}.py"
@@ -319,7 +319,7 @@ def test_commands_parse_with_real_parser(method, kind):
         rel = str(path.relative_to(SCRIPTS))
         if not (rel.startswith(method + "/") or rel == "train_and_eval_full_sup.sh"):
             continue
-        for env in ({}, {"HIVG_COMPAT": "1", "SIMVG_COMPAT": "1"}):
+        for env in ({}, {"HIVG_COMPAT": "1", "SIMVG_COMPAT": "1", "VGLAW_COMPAT": "1"}):
             out = _dry_run(rel, extra_env=tuple(sorted(env.items())))
             for cmd in _commands(out):
                 t = _launch_target(cmd)

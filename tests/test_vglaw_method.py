@@ -2,7 +2,6 @@
 the warm-up + step schedule, the three parameter groups, the Batch paths of model and loss, masks carried through
 the pipeline and mapped back to original resolution, and the metrics' closed-form values."""
 import argparse
-import pickle
 
 import numpy as np
 import pytest
@@ -12,8 +11,9 @@ from vgcore import method as protocol
 from vgcore.data.dataset import Collate, GroundingDataset
 from vgcore.data.sample import Record
 from vglaw import method
-from vglaw.data import DecodeMask, MaskedText, dataset_key, pipeline_transform
-from vglaw.evaluation import VGLAWMetrics, make_postprocess, masks_to_original
+from vglaw.data import dataset_key, pipeline_transform
+from vgcore.data.masks import masks_to_original
+from vglaw.evaluation import VGLAWMetrics, make_postprocess
 from vglaw.loss import VGLAWCriterion
 from vglaw.model import build_model
 
@@ -87,14 +87,12 @@ def _square_record(tmp_path, flip_text=False):
                   mask=poly, height=h, width=w)
 
 
-def test_mask_travels_with_the_text_and_maps_back(tmp_path):
+def test_mask_follows_the_image_and_maps_back(tmp_path):
     rec = _square_record(tmp_path)
-    carried = rec.replace(expression=MaskedText(rec.expression, rec.mask))
-    again = pickle.loads(pickle.dumps(carried.expression))
-    assert again == "the white box" and again.seg == rec.mask
-    tf = pipeline_transform(128, train=False)
-    assert isinstance(tf.transforms[0], DecodeMask)
-    ds = GroundingDataset([carried], tf)
+    assert method.load_masks(argparse.Namespace(task=None, use_mask=True), train=True)
+    assert not method.load_masks(argparse.Namespace(task="rec", use_mask=True), train=False)
+    ds = GroundingDataset([rec], pipeline_transform(128, train=False), load_masks=method.load_masks(
+        argparse.Namespace(task="res", use_mask=False), train=False))
     batch = Collate(lambda t: (torch.ones(len(t), 4, dtype=torch.long), torch.ones(len(t), 4, dtype=torch.bool)))([ds[0]])
     assert batch.texts == ["the white box"] and type(batch.texts[0]) is str
     # long side 100 -> 128 (ratio 1.28), centred: the decoded mask resized (cv2 nearest) and pasted
@@ -124,8 +122,7 @@ def test_mask_travels_with_the_text_and_maps_back(tmp_path):
 
 def test_batch_paths_and_metrics(tmp_path):
     rec = _square_record(tmp_path)
-    carried = rec.replace(expression=MaskedText(rec.expression, rec.mask))
-    ds = GroundingDataset([carried, carried], pipeline_transform(128, train=False))
+    ds = GroundingDataset([rec, rec], pipeline_transform(128, train=False), load_masks=True)
     ids = torch.randint(5, 50, (2, 40))
     batch = Collate(lambda t: (ids, torch.ones(2, 40, dtype=torch.bool)))([ds[0], ds[1]])
     model = build_model({"preset": "tiny", "vocab_size": 50}).eval()

@@ -24,7 +24,9 @@ Required
 ``loop_config(args) -> LoopConfig``             the epoch loop, each field from a named flag
 ``predictions(args, model, outputs, batch) -> [dict]``   per sample, original pixels: ``box_xyxy`` [4] (numpy), optional
                                                 ``boxes_xyxy`` [K,4] (drawn instead of ``box_xyxy`` when
-                                                present) and any other JSON-able numbers (``score`` ...)
+                                                present), optional ``mask_rle`` (compressed COCO RLE of the
+                                                predicted mask, `vgcore.data.masks.encode_mask`; drawn
+                                                translucent) and any other JSON-able numbers (``score`` ...)
 ``convert(argv) -> int``                        official weights -> ours (the ``<pkg>/convert.py`` command line)
 
 Optional
@@ -35,6 +37,9 @@ Optional
                                                 previous stage's model (``validate()`` returns the metrics) to
                                                 set the best so far
 ``format_metrics(args, split, metrics) -> str`` the evaluation report line(s); default: the JSON
+``load_masks(args, train) -> False | True | "box"``   whether the loaders decode each record's mask (True:
+                                                its segmentation; "box": the box-shaped mask) into
+                                                ``Batch.masks`` on the input canvas; default False
 
 `check(method)` lists what a module is missing.  Data flow of every mode: ``records`` -> ``pipeline`` ->
 `vgcore.data.build.build_grounding_loader` -> ``model(batch)`` -> ``make_postprocess`` -> ``make_accumulators``.
@@ -66,7 +71,7 @@ __all__ = ["REQUIRED", "OPTIONAL", "check", "train_parser", "eval_parser", "pred
 
 REQUIRED = ("NAME", "add_args", "build", "load", "records", "pipeline", "make_postprocess", "make_accumulators",
             "build_optimizer", "loop_config", "predictions", "convert")
-OPTIONAL = ("prepare", "before_fit", "format_metrics")
+OPTIONAL = ("prepare", "before_fit", "format_metrics", "load_masks")
 
 
 def check(method: ModuleType) -> List[str]:
@@ -111,12 +116,13 @@ def _prepare(method: ModuleType, args: argparse.Namespace) -> None:
 
 
 def build_loader(method: ModuleType, args: argparse.Namespace, model, split: str, train: bool):
-    """The loader of one split: ``records`` + ``pipeline`` of the method; batch size ``--batch_size`` (train)
-    or ``--eval_batch_size`` (default ``--batch_size``)."""
+    """The loader of one split: ``records`` + ``pipeline`` of the method (masks decoded when the method's
+    ``load_masks`` asks); batch size ``--batch_size`` (train) or ``--eval_batch_size`` (default ``--batch_size``)."""
     transform, tokenizer = method.pipeline(args, model, train)
     batch_size = args.batch_size if train else (args.eval_batch_size or args.batch_size)
+    masks = method.load_masks(args, train) if hasattr(method, "load_masks") else False
     return build_grounding_loader(method.records(args, split, train), transform, tokenizer, batch_size=batch_size,
-                                  train=train, seed=args.seed, num_workers=args.num_workers)
+                                  train=train, seed=args.seed, num_workers=args.num_workers, load_masks=masks)
 
 
 def ensure_writable(directory) -> Path:
@@ -221,7 +227,8 @@ def save_visualisation(method: ModuleType, args, model, loader, n: int, device, 
     batch = loader.collate_fn([dataset[i] for i in range(min(n, len(dataset)))]).to(device)
     model.eval()
     preds = method.predictions(args, model, model(batch), batch)
-    save_prediction_grid(batch.records, [_drawn(p) for p in preds], path)
+    save_prediction_grid(batch.records, [_drawn(p) for p in preds], path,
+                         pred_masks=[p.get("mask_rle") for p in preds])
 
 
 def _jsonable(key: str, v: Any) -> Any:
@@ -250,5 +257,6 @@ def predict(method: ModuleType, args: argparse.Namespace) -> Dict[str, Any]:
     pred = method.predictions(args, model, model(batch), batch)[0]
     result = {"image": args.image, "text": args.text, **{k: _jsonable(k, v) for k, v in pred.items()}, "png": args.out}
     print(json.dumps(result), flush=True)
-    draw_grounding(load_image(args.image), pred_boxes=_drawn(pred), text=args.text).save(args.out)
+    draw_grounding(load_image(args.image), pred_boxes=_drawn(pred), text=args.text,
+                   pred_mask=pred.get("mask_rle")).save(args.out)
     return result

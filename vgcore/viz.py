@@ -1,7 +1,9 @@
 """Drawing grounding results: predicted / ground-truth boxes, translucent masks, the expression.
 
 Boxes are xyxy in the pixels of the image being drawn on (use ``Batch.boxes_to_original`` first for
-predictions).  Colours: prediction red, ground truth green (override with ``pred_color`` / ``gt_color``).
+predictions); masks are [H, W] arrays / tensors of that image, or any segmentation `vgcore.data.masks.decode_mask`
+reads (polygons, RLE, e.g. a prediction's ``mask_rle``).  Colours: prediction red, ground truth green (override
+with ``pred_color`` / ``gt_color``).
 """
 from __future__ import annotations
 
@@ -53,8 +55,18 @@ def _boxes(b) -> np.ndarray:
     return np.asarray(b, np.float32).reshape(-1, 4)
 
 
+def _mask_array(mask, height: int, width: int) -> np.ndarray:
+    """[H, W] array of a mask given as an array / tensor, or as a segmentation (polygons / RLE dict)."""
+    if torch.is_tensor(mask):
+        return mask.detach().cpu().numpy()
+    if isinstance(mask, dict) or (isinstance(mask, (list, tuple)) and not isinstance(mask, np.ndarray)):
+        from .data.masks import decode_mask
+        return decode_mask(mask, height, width)
+    return np.asarray(mask)
+
+
 def _overlay(img: Image.Image, mask, color: Color, alpha: float) -> Image.Image:
-    m = mask.detach().cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)
+    m = _mask_array(mask, img.height, img.width)
     m = m.astype(bool)
     if m.shape != (img.height, img.width):
         raise ValueError(f"mask shape {m.shape} does not match image {(img.height, img.width)}")
@@ -116,9 +128,14 @@ def save_grid(images: Sequence, path: Union[str, Path], ncol: int = 4, pad: int 
     return grid
 
 
-def save_prediction_grid(records: Sequence, pred_boxes: Sequence, path: Union[str, Path], ncol: int = 4) -> Image.Image:
+def save_prediction_grid(records: Sequence, pred_boxes: Sequence, path: Union[str, Path], ncol: int = 4,
+                         pred_masks: Optional[Sequence] = None, gt_masks: bool = False) -> Image.Image:
     """One tile per record (its original image, ``pred_boxes[i]`` [K,4] xyxy original pixels in red, its
-    ground-truth boxes in green, its expression below), tiled by `save_grid` into ``path``."""
-    tiles = [draw_grounding(load_image(r.image_path, r), pred_boxes=b, gt_boxes=r.boxes, text=r.expression)
-             for r, b in zip(records, pred_boxes)]
+    ground-truth boxes in green, its expression below), tiled by `save_grid` into ``path``.  ``pred_masks``:
+    per record a mask of the original image (array or segmentation, None = none) drawn translucent red;
+    ``gt_masks``: also each record's own ``mask`` in green."""
+    masks = list(pred_masks) if pred_masks is not None else [None] * len(records)
+    tiles = [draw_grounding(load_image(r.image_path, r), pred_boxes=b, gt_boxes=r.boxes, text=r.expression,
+                            pred_mask=m, gt_mask=r.mask if gt_masks and r.mask is not None else None)
+             for r, b, m in zip(records, pred_boxes, masks)]
     return save_grid(tiles, path, ncol=ncol)

@@ -1,53 +1,22 @@
-"""VG-LAW data: records of the official refer layout (or any vgcore format) and the input pipeline, with the
-referent's mask carried into the transform.
+"""VG-LAW data: records of the official refer layout (or any vgcore format) and the input pipeline.
 
-The shared loader (`vgcore.method.build_loader`) builds its dataset without mask decoding, and the method
-protocol has no hook to ask for it.  So the mask travels with the expression: `records` replaces each
-record's ``expression`` by a `MaskedText` (a ``str`` equal to the expression, carrying the record's
-segmentation), and the first step of the pipeline (`DecodeMask`) decodes it on the original image and hands
-the plain string on.  From there the vgcore transforms resize / flip / paste the mask with the image, and the
-collated `Batch` holds it in ``masks`` [B, H, W] on the input canvas.  (A ``load_masks`` hook in
-`vgcore.method.build_loader` would make this module's `MaskedText` unnecessary.)
+The referent's mask comes from its annotation's segmentation (polygons or RLE; the official per-ref ``.npy``
+files are not needed): the method asks the shared loader for masks (``vglaw.method.load_masks``), which decodes
+``Record.mask`` on the original image (`vgcore.data.masks.decode_mask`, the union of the pieces) before the
+transform; the vgcore transforms then resize / flip / paste it with the image, and the collated `Batch` holds it
+in ``masks`` [B, H, W] on the input canvas.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+from vgcore.data.build import REFER_DATASETS, SKIP_HINT, load_split, split_file, target_policy
 from vgcore.data.checks import require_single_target
-from vgcore.data.build import SKIP_HINT, split_file, target_policy, REFER_DATASETS, load_split
-from vgcore.data.masks import decode_mask
-from vgcore.data.transforms import Compose, Sample, build_transforms
+from vgcore.data.transforms import Compose, build_transforms
 
-__all__ = ["MaskedText", "DecodeMask", "records", "pipeline_transform", "dataset_key"]
+__all__ = ["records", "pipeline_transform", "dataset_key"]
 
 _LAYOUTS = {"refer": "refer", "seqtr": "seqtr"}  # image folders below --data_root per annotation format
-
-
-class MaskedText(str):
-    """An expression that also carries its referent's segmentation (``seg``: polygons | RLE | None)."""
-
-    def __new__(cls, text: str, seg):
-        obj = super().__new__(cls, text)
-        obj.seg = seg
-        return obj
-
-    def __reduce__(self):  # pickles into DataLoader workers with its segmentation
-        return (MaskedText, (str(self), self.seg))
-
-
-class DecodeMask:
-    """First pipeline step: ``sample.text`` a `MaskedText` -> ``sample.mask`` uint8 [H, W] of the original image
-    (union of the pieces) and ``sample.text`` the plain expression."""
-
-    def __call__(self, s: Sample) -> Sample:
-        if isinstance(s.text, MaskedText):
-            h, w = s.size
-            s.mask = decode_mask(s.text.seg, h, w)
-            s.text = str(s.text)
-        return s
-
-    def __repr__(self):
-        return "DecodeMask()"
 
 
 def dataset_key(dataset: str, split_by: Optional[str]) -> str:
@@ -60,8 +29,7 @@ def dataset_key(dataset: str, split_by: Optional[str]) -> str:
 
 
 def records(args, split: str, need_masks: bool) -> list:
-    """Records of one split; with ``need_masks`` every record must have a segmentation and carries it in a
-    `MaskedText` expression."""
+    """Records of one split; with ``need_masks`` every record must have a segmentation."""
     kw = {}
     if args.format == "refer":
         key = dataset_key(args.dataset, args.splitBy)
@@ -75,19 +43,19 @@ def records(args, split: str, need_masks: bool) -> list:
                                  needed_by="VG-LAW (one box and mask per expression)", hint=SKIP_HINT)
     if not recs:
         raise ValueError(f"no samples in {args.format} split {split!r} of {args.dataset} under {args.split_root}")
-    if not need_masks:
-        return recs
-    missing = [r.key() for r in recs if r.mask is None]
-    if missing:
-        raise ValueError(f"{len(missing)} of {len(recs)} samples of {split!r} have no segmentation (first: "
-                         f"{missing[0]}); masks are needed for --task both / res (REC only: --use_mask 0)")
-    return [r.replace(expression=MaskedText(r.expression, r.mask)) for r in recs]
+    if need_masks:
+        missing = [r.key() for r in recs if r.mask is None]
+        if missing:
+            raise ValueError(f"{len(missing)} of {len(recs)} samples of {split!r} have no segmentation (first: "
+                             f"{missing[0]}); masks are needed for --task both / res (REC only: --use_mask 0)")
+    return recs
 
 
 def pipeline_transform(img_size: int, train: bool, *, translate: bool = True, multi_scale: bool = False,
                        compat: bool = False) -> Compose:
-    """`DecodeMask` + vgcore's ``vglaw`` pipeline (long side -> img_size with cv2-exact bilinear, ImageNet
-    normalisation, zero canvas; training: flip p 0.5 with the left/right swap, random placement with
-    ``translate``).  Evaluation is centred (the official scripts place eval images at random too)."""
+    """vgcore's ``vglaw`` pipeline (long side -> img_size with cv2-exact bilinear, ImageNet normalisation, zero
+    canvas; training: flip p 0.5 with the left/right swap, random placement with ``translate``).  Evaluation is
+    centred (the official scripts place eval images at random too).  Masks decoded by the loader follow the
+    image through every step."""
     flags = dict(translate=translate, multi_scale=multi_scale, compat=compat) if train else {}
-    return Compose([DecodeMask(), build_transforms("vglaw", train=train, imsize=img_size, **flags)])
+    return build_transforms("vglaw", train=train, imsize=img_size, **flags)

@@ -4,8 +4,8 @@
   through the batch's affine (`vgcore.data.sample.Batch.boxes_to_original`) and compared with the annotation
   box; a hit is IoU >= ``iou_threshold`` (0.5).  IoU is invariant to the resize + paste, so this equals the
   official canvas IoU up to clamping to the image.
-* RES: the canvas logits are sampled back onto every original pixel (`masks_to_original`: bilinear, each
-  original pixel centre mapped through the affine), binarised at sigmoid > ``mask_threshold`` (0.35) and
+* RES: the canvas logits are sampled back onto every original pixel (`vgcore.data.masks.masks_to_original`:
+  bilinear, each original pixel centre mapped through the affine), binarised at sigmoid > ``mask_threshold`` (0.35) and
   compared with the annotation's mask decoded at original resolution: mIoU (mean per-sample IoU), oIoU
   (sum I / sum U) and Pr@t (share of samples with IoU >= t), LAVT's definitions (`vgcore.metrics.RESAccumulator`).
   The official code measures mIoU on the 448 canvas instead (padding pixels predicted as object count as false
@@ -23,50 +23,14 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vgcore.boxes import box_cxcywh_to_xyxy
-from vgcore.data.masks import decode_mask, encode_mask
+from vgcore.data.masks import encode_mask, gt_masks_original, masks_to_original
 from vgcore.metrics import RECAccumulator, RESAccumulator
 
-__all__ = ["masks_to_original", "gt_masks_original", "VGLAWMetrics", "make_postprocess", "predictions",
-           "format_metrics", "PR_THRESHOLDS"]
+__all__ = ["VGLAWMetrics", "make_postprocess", "predictions", "format_metrics", "PR_THRESHOLDS"]
 
 PR_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def masks_to_original(logits: torch.Tensor, batch) -> tuple:
-    """Canvas logits [B, 1, H, W] (or [B, H, W]) -> (logits [B, Hm, Wm] at original resolution, valid [B, Hm, Wm]).
-
-    Hm x Wm = the largest original size of the batch; sample i fills its top-left ``orig_size[i]`` (``valid``
-    True there).  Original pixel (x, y) takes the bilinear value at canvas point (sx (x + .5) + ox, sy (y + .5)
-    + oy) of the batch's affine, so flips and any resize / paste map back exactly."""
-    if logits.dim() == 4:
-        logits = logits[:, 0]
-    B, H, W = logits.shape
-    size = batch.orig_size.to(logits.device)
-    Hm, Wm = int(size[:, 0].max()), int(size[:, 1].max())
-    aff = batch.affine.to(logits.device, torch.float32)
-    xs = torch.arange(Wm, device=logits.device, dtype=torch.float32) + 0.5
-    ys = torch.arange(Hm, device=logits.device, dtype=torch.float32) + 0.5
-    u = aff[:, 0, None] * xs[None] + aff[:, 1, None]                    # [B, Wm] canvas x
-    v = aff[:, 2, None] * ys[None] + aff[:, 3, None]                    # [B, Hm] canvas y
-    grid = torch.stack([(2 * u / W - 1)[:, None, :].expand(B, Hm, Wm),
-                        (2 * v / H - 1)[:, :, None].expand(B, Hm, Wm)], -1)
-    out = F.grid_sample(logits[:, None].float(), grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)[:, 0]
-    valid = (torch.arange(Hm, device=logits.device)[None, :, None] < size[:, 0, None, None]) & \
-            (torch.arange(Wm, device=logits.device)[None, None, :] < size[:, 1, None, None])
-    return out, valid
-
-
-def gt_masks_original(batch, shape) -> torch.Tensor:
-    """[B, Hm, Wm] bool: each record's mask decoded at its original size, top-left aligned."""
-    out = torch.zeros((len(batch.records),) + tuple(shape), dtype=torch.bool)
-    for i, r in enumerate(batch.records):
-        h, w = int(batch.orig_size[i, 0]), int(batch.orig_size[i, 1])
-        out[i, :h, :w] = torch.from_numpy(decode_mask(r.mask, h, w).astype(bool))
-    return out
 
 
 class VGLAWMetrics:

@@ -83,7 +83,8 @@ class AdaptiveLinear(nn.Module):
             y = self._od(x, a)
         return y.reshape(*shape[:-1], self.out_features)
 
-    def _svd(self, x, a, shared):
+    def _svd_factors(self, shared):
+        """(S, D) cut to this layer: D's first Ci columns, S's first Co/3 rows of each q/k/v chunk."""
         if shared is None:
             raise ValueError("svd law needs the shared (S, D) pair")
         S, D = shared
@@ -92,6 +93,11 @@ class AdaptiveLinear(nn.Module):
             D = D[:, :Ci]
         if S.shape[0] > Co:  # first Co/3 rows of each q/k/v chunk
             S = S.reshape(3, -1, S.shape[1])[:, : Co // 3].reshape(-1, S.shape[1])
+        return S, D
+
+    def _svd(self, x, a, shared):
+        S, D = self._svd_factors(shared)
+        Co, Ci = self.out_features, self.in_features
         K = S.shape[1]
         A = a.reshape(a.shape[0], K, K)
         B, N, _ = x.shape
@@ -101,23 +107,54 @@ class AdaptiveLinear(nn.Module):
         y = F.linear(x2, self.weight, self.bias) if self.bias is None else torch.addmm(self.bias, x2, self.weight.t())
         return y.addmm_(u2, S.t()).reshape(B, N, Co)
 
+    def _scaled(self, x, c_in, sizes):
+        """``concat_g (W0_g (x * c_in[:, g]) + b0_g)`` over the output-row groups ``sizes``; c_in [B, k, C].
+        One dense GEMM per group on the scaled input (no per-sample weight is built)."""
+        bias = self.bias.split(sizes) if self.bias is not None else [None] * len(sizes)
+        outs = [F.linear(x * c_in[:, g, None], w, b) for g, (w, b) in enumerate(zip(self.weight.split(sizes), bias))]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+
     def _la(self, x, a):
         B, N, C = x.shape
-        G = self.groups
-        scale = a.reshape(B, G, 1, C)
-        w = self.weight.reshape(G, -1, C)                                    # [G, Co/G, C]
-        y = torch.einsum("bgnc,goc->bngo", x.unsqueeze(1) * scale, w).reshape(B, N, -1)
-        return y if self.bias is None else y + self.bias
+        return self._scaled(x, a.reshape(B, self.groups, C), [self.out_features // self.groups] * self.groups)
 
     def _od(self, x, a):
         B, N, C = x.shape
         sizes = od_row_groups(self.law_type, self.out_features)
         k = len(sizes)
-        c_in = a[:, : k * C].reshape(B, k, 1, C)
-        c_out = a[:, k * C:].unsqueeze(1)                                    # [B, 1, Co]
-        bias = self.bias.split(sizes) if self.bias is not None else [None] * k
-        outs = [F.linear(x * c_in[:, g], w, b) for g, (w, b) in enumerate(zip(self.weight.split(sizes, 0), bias))]
-        return torch.cat(outs, -1) * c_out
+        return self._scaled(x, a[:, : k * C].reshape(B, k, C), sizes) * a[:, None, k * C:]
+
+    def sample_weight(self, a_b: torch.Tensor, shared=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One sample's law written as a dense Linear: (W_b, c_b) with ``y = W_b x + c_b`` for the vector
+        ``a_b`` [n].  svd: ``W0 + S A D``, ``b0``; la: ``W0_g diag(a_g)`` per row group, ``b0``; od:
+        ``diag(c_out) W0_g diag(c_in^g)`` per row group, ``b0 * c_out``.  What a per-sample implementation
+        builds; the batched `forward` never does."""
+        W0, b0 = self.weight, self.bias
+        Co, Ci = W0.shape
+        if self.law_type == "svd":
+            S, D = self._svd_factors(shared)
+            K = S.shape[1]
+            return W0 + S @ (a_b.reshape(K, K) @ D), b0
+        if self.law_type == "la":
+            G = self.groups
+            return (W0.reshape(G, Co // G, Ci) * a_b.reshape(G, 1, Ci)).reshape(Co, Ci), b0
+        sizes = od_row_groups(self.law_type, Co)
+        k = len(sizes)
+        c_in, c_out = a_b[: k * Ci].reshape(k, Ci), a_b[k * Ci:]
+        W = torch.cat([w * c_in[g] for g, w in enumerate(W0.split(sizes))]) * c_out[:, None]
+        return W, (b0 * c_out if b0 is not None else None)
+
+    def forward_loop(self, x: torch.Tensor, a: torch.Tensor, shared=None, build_weight: bool = False) -> torch.Tensor:
+        """Reference per-sample loop with the result of `forward`: one sample at a time, either through the
+        same batched code (``build_weight=False``) or by building that sample's dense weight
+        (`sample_weight`) and applying it."""
+        B = a.shape[0]
+        xs = x.reshape(B, -1, *x.shape[1:])
+        if build_weight:
+            ys = [F.linear(xs[b], *self.sample_weight(a[b], shared)) for b in range(B)]
+        else:
+            ys = [self(xs[b], a[b:b + 1], shared) for b in range(B)]
+        return torch.stack(ys).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, law_type={self.law_type}, " \

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from vgcore import dist
 from vgcore.checkpoint import load_model_file
-from vgcore.data.masks import decode_mask
 from vgcore.optim import Schedule, ScheduleFactor, build_optimizer as _build_optimizer, build_param_groups
 from vgcore.text import build_tokenizer
 from vgcore.trainer import LoopConfig
-from vgcore.viz import draw_grounding
 from vglaw import convert as _convert
 from vglaw import data, evaluation
 from vglaw.loss import VGLAWCriterion, VGLAWLossConfig
@@ -115,7 +113,12 @@ def load(args) -> VGLAW:
 
 
 def records(args, split: str, train: bool) -> list:
-    return data.records(args, split, need_masks=task_of(args) in ("both", "res"))
+    return data.records(args, split, need_masks=load_masks(args, train))
+
+
+def load_masks(args, train: bool) -> bool:
+    """Masks in every batch (training loss, canvas metrics) when the model has the RES head."""
+    return task_of(args) in ("both", "res")
 
 
 def pipeline(args, model: VGLAW, train: bool):
@@ -177,17 +180,6 @@ def predictions(args, model: VGLAW, outputs: dict, batch) -> List[dict]:
 
 def format_metrics(args, split: str, m: dict) -> str:
     return evaluation.format_metrics(args.dataset, split, m)
-
-
-def draw_prediction(result: dict, path: Optional[str] = None):
-    """Redraw ``predict``'s PNG with the mask (``mask_rle``) under the box; returns the image."""
-    from vgcore.data.image import load_image
-
-    img = load_image(result["image"])
-    mask = decode_mask(result["mask_rle"], img.height, img.width) if "mask_rle" in result else None
-    out = draw_grounding(img, pred_boxes=[result["box_xyxy"]], text=result["text"], pred_mask=mask)
-    out.save(path or result["png"])
-    return out
 
 
 def convert(argv=None) -> int:

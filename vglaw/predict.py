@@ -22,9 +22,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace):
-    result = protocol.predict(method, args)
-    method.draw_prediction(result)  # the protocol draws the box only: add the mask
-    return result
+    return protocol.predict(method, args)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr_scheduler", default="step", choices=["step", "poly", "cosine"],
                    help="after the warm-up: x drop_rate at each of --drop_epochs (step), poly or cosine decay")
     g.add_argument("--warmup_steps", type=int, default=8000,
-                   help="linear warm-up from 0.01 x lr over this many batches per process")
+                   help="linear warm-up from 0.01 x lr over this many batches per process (the official 8000 are "
+                        "batches of 1 on each of 4 processes: 32,000 samples; scale it to --batch_size x processes)")
     g.add_argument("--max_epochs", type=int, default=20, help="training epochs")
     g.add_argument("--drop_epochs", type=int, nargs="+", default=[10], help="epochs at which the step schedule multiplies the lr by --drop_rate")
     g.add_argument("--drop_rate", type=float, default=0.1, help="lr factor at each drop epoch")
@@ -122,7 +123,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g2.add_argument("--eval_step", type=int, default=1, help="epochs between validations")
     g2.add_argument("--log_freq", type=int, default=10, help="batches between log lines")
     cli.add_logging_args(p, only=("output_dir", "resume", "seed", "checkpoint_every_steps", "max_steps",
-                                  "stop_after_steps", "tensorboard"))
+                                  "stop_after_steps", "tensorboard", "overwrite", "allow_resume_changes"))
 
 
 def add_eval_args(p: argparse.ArgumentParser, mode: str) -> None:

@@ -15,6 +15,11 @@ union is what every metric and loss uses.)
 **xywh** box as an ``np.ndarray`` of shape [1, 4] (pycocotools' ``frBbox``: the box becomes the 4-corner
 polygon (x, y), (x, y+h), (x+w, y+h), (x+w, y) and is rasterised like any polygon), decoded, on the original
 image.  HiVG passes the untruncated float box, so pass `Record.boxes`, not the int-truncated target.
+
+Batch side (torch): `masks_to_original` samples a model's mask logits on the padded input canvas back onto
+every original pixel through the batch's affine (so flips and any resize / paste map back exactly);
+`gt_masks_original` decodes each record's mask at its original size, aligned the same way (top-left in a
+[B, Hmax, Wmax] tensor); `prediction_mask` decodes the ``mask_rle`` a method's prediction carries.
 """
 from __future__ import annotations
 
@@ -22,12 +27,14 @@ import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from .errors import DataError
 
 __all__ = ["decode_mask", "box_mask", "encode_mask", "to_rle", "union_segmentation", "is_polygons", "mask_area",
-           "jsonable_segmentation", "record_mask"]
+           "jsonable_segmentation", "record_mask", "masks_to_original", "gt_masks_original", "prediction_mask"]
 
 
 def _decode(rle) -> np.ndarray:
@@ -184,3 +191,47 @@ def jsonable_segmentation(seg: Any) -> Any:
         return [jsonable_segmentation(v) if isinstance(v, (list, tuple, np.ndarray, dict)) else
                 (v.item() if isinstance(v, np.generic) else v) for v in seg]
     return seg
+
+
+# ------------------------------------------------------------------------------------------- batch (torch) side
+def masks_to_original(logits: torch.Tensor, batch) -> tuple:
+    """Canvas logits [B, 1, H, W] (or [B, H, W]) -> (logits [B, Hm, Wm] at original resolution, valid [B, Hm, Wm]).
+
+    ``batch``: a `vgcore.data.sample.Batch` (its ``orig_size`` [B, 2] (h, w) and ``affine`` [B, 4]
+    (sx, ox, sy, oy): original -> canvas).  Hm x Wm = the largest original size of the batch; sample i fills its
+    top-left ``orig_size[i]`` (``valid`` True there).  Original pixel (x, y) takes the bilinear value (border
+    clamped) at canvas point (sx (x + .5) + ox, sy (y + .5) + oy), so flips and any resize / paste map back
+    exactly.  Threshold the result (``sigmoid > t``) and AND it with ``valid``."""
+    if logits.dim() == 4:
+        logits = logits[:, 0]
+    B, H, W = logits.shape
+    size = batch.orig_size.to(logits.device)
+    Hm, Wm = int(size[:, 0].max()), int(size[:, 1].max())
+    aff = batch.affine.to(logits.device, torch.float32)
+    xs = torch.arange(Wm, device=logits.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(Hm, device=logits.device, dtype=torch.float32) + 0.5
+    u = aff[:, 0, None] * xs[None] + aff[:, 1, None]                    # [B, Wm] canvas x
+    v = aff[:, 2, None] * ys[None] + aff[:, 3, None]                    # [B, Hm] canvas y
+    grid = torch.stack([(2 * u / W - 1)[:, None, :].expand(B, Hm, Wm),
+                        (2 * v / H - 1)[:, :, None].expand(B, Hm, Wm)], -1)
+    out = F.grid_sample(logits[:, None].float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)[:, 0]
+    valid = (torch.arange(Hm, device=logits.device)[None, :, None] < size[:, 0, None, None]) & \
+            (torch.arange(Wm, device=logits.device)[None, None, :] < size[:, 1, None, None])
+    return out, valid
+
+
+def gt_masks_original(batch, shape) -> torch.Tensor:
+    """[B, *shape] bool: each record's mask (`decode_mask` of ``record.mask``) at its original size
+    (``batch.orig_size``), top-left aligned as `masks_to_original` places the predictions."""
+    out = torch.zeros((len(batch.records),) + tuple(shape), dtype=torch.bool)
+    for i, r in enumerate(batch.records):
+        h, w = int(batch.orig_size[i, 0]), int(batch.orig_size[i, 1])
+        out[i, :h, :w] = torch.from_numpy(decode_mask(r.mask, h, w).astype(bool))
+    return out
+
+
+def prediction_mask(pred: dict, height: int, width: int) -> Optional[np.ndarray]:
+    """uint8 [H, W] of a prediction's ``mask_rle`` (original pixels), or None when it carries no mask."""
+    seg = pred.get("mask_rle")
+    return None if seg is None else decode_mask(seg, height, width)
