@@ -2,6 +2,7 @@
 # Trains and evaluates the fully supervised single-dataset rows of every method, one after the other:
 #   hivg   HiVG paper Table 1 rows "HiVG (CLIP-B)" and "HiVG-L (CLIP-L)", single-dataset fine-tuning
 #   simvg  SimVG README row "SimVG (ViT-L/32, DB)" single-dataset, and the ViT-B one-stage recipe
+#   resvg  ResVG README row (ResNet-50 + BERT-base) on RefCOCO/+/g, ReferItGame and Flickr30K
 # (pre-training rows - HiVG mixup, SimVG pre-train/fine-tune/distill - have their own scripts under
 # scripts/<method>/.)
 #
@@ -19,6 +20,7 @@ RUNS=(
     "hivg  hivg/train_finetune_large.sh"
     "simvg simvg/train_single_large.sh"
     "simvg simvg/train_onestage_base.sh"
+    "resvg resvg/train_r50.sh"
 )
 
 known=()

@@ -38,6 +38,8 @@ OFFICIAL = {
     ("simvg/train_distill_base.sh",): [(1, 32)] * 3,
     ("simvg/train_pretrain_distill_large.sh", "refcoco"): [(8, 4), (1, 4)],
     ("train_and_eval_full_sup.sh", "simvg"): [(1, 4)] * 12 + [(1, 32)] * 7,
+    ("resvg/train_r50.sh", "unc", "flickr"): [(4, 16)] * 2,
+    ("train_and_eval_full_sup.sh", "resvg"): [(4, 16)] * 6,
 }
 
 
