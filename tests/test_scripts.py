@@ -128,7 +128,7 @@ def test_dry_run_prints_launch_commands(path, tmp_path):
     assert not (tmp_path / "out").exists(), f"{rel}: the dry run created files"
 
 
-TINY_ONE_PROCESS = ("simvg/train_tiny_synthetic.sh", "resvg/train_tiny_synthetic.sh")
+TINY_ONE_PROCESS = ("simvg/train_tiny_synthetic.sh",)
 
 
 @pytest.mark.parametrize("rel", TINY_ONE_PROCESS)
@@ -330,8 +330,9 @@ def test_resvg_recipe():
 
 
 def test_resvg_tiny_stages_augmentation_and_parsers(tmp_path):
-    """The tiny script's commands parse with the real parsers; STAGES picks phases; AUG_SPLIT trains on train +
-    the augmented list into another run folder; evaluation reports the per-type breakdown."""
+    """The tiny script's commands parse with the real parsers; training is one launched process per core with the
+    global batch 16 (NPROC=1: plain python, batch 16); STAGES picks phases; AUG_SPLIT trains on train + the
+    augmented list into another run folder; evaluation reports the per-type breakdown."""
     import resvg.eval as ev
     import resvg.pretrain_tiny as pt
     import resvg.train as tr
@@ -339,18 +340,30 @@ def test_resvg_tiny_stages_augmentation_and_parsers(tmp_path):
     parsers = {"resvg/train.py": tr.get_args_parser(), "resvg/eval.py": ev.get_args_parser(),
                "resvg/pretrain_tiny.py": pt.get_args_parser()}
     out = str(tmp_path / "out")
-    base = _commands(_dry_run("resvg/train_tiny_synthetic.sh", out_root=out, extra_env=(("OUT", out),)))
-    assert [c[1] if c[1] != "-m" else c[2] for c in base] == [
-        "vgcore.synthetic", "resvg/pretrain_tiny.py", "resvg/train.py", "resvg/eval.py", "scripts/baselines.py"]
-    aug = _commands(_dry_run("resvg/train_tiny_synthetic.sh", out_root=out, extra_env=(
-        ("OUT", out), ("STAGES", "train eval"), ("AUG_SPLIT", "new_train"), ("RUN", "unc_aug"))))
-    assert [c[1] for c in aug] == ["resvg/train.py", "resvg/eval.py", "scripts/baselines.py"]
-    for cmd in base + aug:
-        if cmd[1] in parsers:
-            args = parsers[cmd[1]].parse_args(cmd[2:])
-            if cmd[1] != "resvg/pretrain_tiny.py":
+
+    def commands(**env):
+        res = []
+        for c in _commands(_dry_run("resvg/train_tiny_synthetic.sh", out_root=out,
+                                    extra_env=tuple(sorted(dict(OUT=out, **env).items())))):
+            t = _launch_target(c)
+            res.append((t[0], t[1], c) if t else ((c[2], c[3:], c) if c[1] == "-m" else (c[1], c[2:], c)))
+        return res
+
+    base = commands()
+    assert [t for t, _, _ in base] == ["vgcore.synthetic", "resvg/pretrain_tiny.py", "resvg/train.py",
+                                       "resvg/eval.py", "scripts/baselines.py"]
+    train_cmd = base[2][2]
+    assert "--nproc_per_node=2" in train_cmd and _flags(base[2][1])["batch_size"] == ["8"]
+    one = commands(NPROC="1")[2]
+    assert one[2][:2] == ["python", "resvg/train.py"] and _flags(one[1])["batch_size"] == ["16"]
+    aug = commands(STAGES="train eval", AUG_SPLIT="new_train", RUN="unc_aug")
+    assert [t for t, _, _ in aug] == ["resvg/train.py", "resvg/eval.py", "scripts/baselines.py"]
+    for target, argv, _ in base + aug:
+        if target in parsers:
+            args = parsers[target].parse_args(argv)
+            if target != "resvg/pretrain_tiny.py":
                 assert args.breakdown == "expr_type" and args.prior_missing == "zeros"
-    train = parsers["resvg/train.py"].parse_args(aug[0][2:])
+    train = parsers["resvg/train.py"].parse_args(aug[0][1])
     assert (train.train_split, train.extra_train_splits) == ("train", ["new_train"])
     assert train.output_dir == f"{out}/unc_aug" and train.load_weights_path == f"{out}/pretrained/detr_tiny.pth"
     assert not (tmp_path / "out").exists()

@@ -23,26 +23,28 @@
 #
 # Usage: bash scripts/resvg/train_tiny_synthetic.sh [--dry-run]
 #   env: OUT (./outputs/resvg_tiny), RUN (unc: the run folder below OUT), STAGES (data pretrain train eval),
-#        EPOCHS (10), NUM_TRAIN (6000), PRETRAIN_STEPS (2000), TEXT_STEPS (400), TRAIN_SPLIT (train), AUG_SPLIT,
-#        PRIOR_ROOT, SEED (42), QS_DEVICE (cpu), NPROC (1: one process on both cores, plain
-#        `python resvg/train.py`; N > 1: torch.distributed.launch, gloo on the CPU, one thread each, the global
-#        batch stays 16), LOADER_WORKERS (0: the model's process decodes the 128-px JPEGs)
+#        EPOCHS (6), NUM_TRAIN (6000), PRETRAIN_STEPS (2000), TEXT_STEPS (600), TRAIN_SPLIT (train), AUG_SPLIT,
+#        PRIOR_ROOT, SEED (42), QS_DEVICE (cpu), NPROC (2: torch.distributed.launch, gloo on the CPU, one process
+#        per core, the global batch stays 16; 1: plain `python resvg/train.py`), LOADER_WORKERS (0: the model's
+#        process decodes the 128-px JPEGs), OMP_NUM_THREADS (1 for every step: the tiny model's ops are small, and
+#        two threads per process are several times slower as soon as other work shares the cores)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 vg_init "$@"
 OUT=${OUT:-./outputs/resvg_tiny}
 RUN=${RUN:-unc}
 STAGES=${STAGES:-data pretrain train eval}
-EPOCHS=${EPOCHS:-10}
+EPOCHS=${EPOCHS:-6}
 NUM_TRAIN=${NUM_TRAIN:-6000}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-2000}
-TEXT_STEPS=${TEXT_STEPS:-400}
+TEXT_STEPS=${TEXT_STEPS:-600}
 TRAIN_SPLIT=${TRAIN_SPLIT:-train}
 AUG_SPLIT=${AUG_SPLIT:-}
 PRIOR_ROOT=${PRIOR_ROOT:-}
 SEED=${SEED:-42}
 QS_DEVICE=${QS_DEVICE:-cpu}
-NPROC=${NPROC:-1}
+NPROC=${NPROC:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 LOADER_WORKERS=${LOADER_WORKERS:-0}
 DATA=$OUT/data
 PRE=$OUT/pretrained
