@@ -14,6 +14,7 @@ import argparse
 from typing import Any, Dict
 
 from vgcore import cli
+from vgcore.metrics import BREAKDOWNS
 
 from resvg.config import OFFICIAL_FREEZE_NAMES, PRESETS, ResVGConfig, config_from_args
 from resvg.data import DATASET_SPLITS
@@ -65,8 +66,16 @@ def _data_args(p: argparse.ArgumentParser, mode: str) -> None:
     g.add_argument("--num_workers", type=int, default=8, help="data loader workers per process")
     g.add_argument("--skip_bad_targets", action="store_true",
                    help="drop samples without exactly one target box (counted, one warning) instead of stopping")
+    if mode != "predict":
+        g.add_argument("--breakdown", default="none", choices=["none", *sorted(BREAKDOWNS)],
+                       help="also report the metrics per group of samples: expr_type = the expression type of the "
+                            "synthetic data (attr / extreme / ordinal / rel), expr_words = expression length")
     if mode == "train":
         g.add_argument("--train_split", default="new_train", help="new_train = real + relation-augmented samples")
+        g.add_argument("--extra_train_splits", nargs="*", default=[],
+                       help="split lists appended to --train_split, each with its own <split>_fea.pth (e.g. "
+                            "--train_split train --extra_train_splits new_train when that list holds only the "
+                            "augmented samples)")
         g.add_argument("--val_split", "--test_split", dest="val_split", default="val",
                        help="validated after every epoch")
         g.add_argument("--batch_size", type=int, default=16, help="per process (official: 16 x 4 GPUs)")

@@ -149,10 +149,11 @@ PRESETS: Dict[str, dict] = {
     "r50": {},
     # VLTVG-R50: the same network without the semantic prior
     "vltvg_r50": dict(prior_feature_content_query=False),
-    # a small random-init network for CPU runs on the synthetic data (128 px, 4 x 4 feature grid)
-    "tiny": dict(backbone="resnet18", hidden_dim=32, nheads=4, enc_layers=1, enc_ffn_dim=64, bert="tiny",
-                 bert_output_layers=2, dec_layers=2, dec_ffn_dim=64, prior_dim=32, prior_hidden=32, img_size=128,
-                 max_query_len=20),
+    # a small network for CPU runs on the synthetic data: a one-block-per-stage ResNet at stride 16 (128 px, an
+    # 8 x 8 grid), width 64, a 2-layer BERT; resvg/pretrain_tiny.py pretrains its ResNet + encoder and BERT
+    "tiny": dict(backbone="resnet_tiny", dilation=True, hidden_dim=64, nheads=4, enc_layers=1, enc_ffn_dim=128,
+                 bert="tiny", bert_output_layers=2, dec_layers=2, dec_ffn_dim=128, prior_dim=32, prior_hidden=32,
+                 img_size=128, max_query_len=20),
 }
 
 

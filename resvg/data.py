@@ -3,7 +3,9 @@ the query-length check, the transform and the tokenizer.
 
 Annotations are the TransVG-format split lists ``<split_root>/<dataset>/<dataset>_<split>.pth`` (boxes kept as
 float32, no integer truncation); training reads ``new_train`` (the real data plus the relation-sensitive
-augmented samples) and evaluation the split named on the command line.  Images live where the official code
+augmented samples) and evaluation the split named on the command line.  ``--extra_train_splits`` appends
+further split lists to the training split (e.g. ``--train_split train --extra_train_splits new_train`` when the
+augmented list holds only the added samples), each with its own prior file.  Images live where the official code
 looks for them below ``--data_root`` (``images/train2014`` for the COCO sets, ``referit/ReferIt``,
 ``flickr/flickr``); ``--image_root`` names one folder for every source instead.
 
@@ -31,7 +33,7 @@ from vgcore.text import build_tokenizer
 from resvg.prior import attach_priors, attach_zero_priors, prior_path, read_prior_file
 
 __all__ = ["DATASET_SPLITS", "IMAGE_DIRS", "image_root", "check_split", "prior_root", "prior_source",
-           "records", "check_query_lengths", "build_tok", "pipeline", "train_scales"]
+           "train_splits", "records", "check_query_lengths", "build_tok", "pipeline", "train_scales"]
 
 # official dataset names and their split lists
 DATASET_SPLITS: Dict[str, tuple] = {
@@ -112,8 +114,7 @@ def check_query_lengths(args, recs: list, tokenizer) -> None:
                             f"(the official silent truncation)")
 
 
-def records(args, split: str, model_cfg, tokenizer=None) -> list:
-    """The records of ``split`` with their prior rows attached (none with ``--no_prior``)."""
+def _split_records(args, split: str) -> list:
     check_split(args.dataset, split)
     recs = load_split("transvg", args.dataset, split, split_root=args.split_root, image_root=image_root(args),
                       layout="transvg")
@@ -121,6 +122,23 @@ def records(args, split: str, model_cfg, tokenizer=None) -> list:
                                  target_policy(args), needed_by="ResVG (one box per expression)", hint=SKIP_HINT)
     if not recs:
         raise DataError(f"no samples in split {split!r} of {args.dataset} under {args.split_root}")
+    return recs
+
+
+def train_splits(args) -> List[str]:
+    """``--train_split`` followed by ``--extra_train_splits`` (each read with its own prior file)."""
+    splits = [args.train_split, *(getattr(args, "extra_train_splits", None) or [])]
+    dup = sorted({s for s in splits if splits.count(s) > 1})
+    if dup:
+        raise DataError(f"training split(s) {dup} named twice (--train_split / --extra_train_splits)")
+    return splits
+
+
+def records(args, split, model_cfg, tokenizer=None) -> list:
+    """The records of ``split`` (a name, or a list of names concatenated in that order, as the official
+    ``trainval`` concatenates train and val) with their prior rows attached (none with ``--no_prior``).  Every
+    split keeps its own sample indices and reads its own ``<split>_fea.pth``."""
+    recs = [r for s in ([split] if isinstance(split, str) else split) for r in _split_records(args, s)]
     check_query_lengths(args, recs, tokenizer or build_tok(args, model_cfg))
     if model_cfg.prior_feature_content_query:
         recs = _attach(args, recs, model_cfg.prior_dim)

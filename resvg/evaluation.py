@@ -6,12 +6,18 @@ original width / height (`vgcore.data.sample.Batch.boxes_to_original` with the l
 same steps as the official PostProcess, `resvg.model.boxes_to_original`).  IoU with the annotation box in
 continuous pixels; a sample is correct at t when IoU > t (strict), t = 0.50, 0.55, ..., 0.90; mean IoU too.
 Counts are summed over processes with every sample counted once (the official DistributedSampler repeats up to
-world_size - 1 samples).
+world_size - 1 samples).  ``--breakdown expr_type`` (or ``expr_words``) adds the same figures per group of
+samples (`vgcore.metrics.record_groups`: ``acc@0.5/<group>``, ``n/<group>``, ...), e.g. per expression type of
+the synthetic data.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
+
+from vgcore.metrics import format_breakdown, record_groups
 
 from resvg.model import ACC_THRESHOLDS, make_accumulator
 
@@ -23,10 +29,15 @@ def gt_boxes_original(batch) -> torch.Tensor:
     return torch.from_numpy(np.stack([r.boxes[0] for r in batch.records])).to(batch.images.device, torch.float32)
 
 
-def make_postprocess():
+def make_postprocess(breakdown: Optional[str] = None):
+    """``fn(outputs, batch)`` -> the accumulator's update arguments; with ``breakdown`` (a
+    `vgcore.metrics.BREAKDOWNS` name) also each sample's group label."""
     def postprocess(outputs: dict, batch) -> dict:
-        return {"pred_xyxy": batch.boxes_to_original(outputs["pred_boxes"][:, 0]),
-                "gt_xyxy": gt_boxes_original(batch)}
+        out = {"pred_xyxy": batch.boxes_to_original(outputs["pred_boxes"][:, 0]), "gt_xyxy": gt_boxes_original(batch)}
+        groups = record_groups(batch.records, breakdown)
+        if groups is not None:
+            out["group"] = groups
+        return out
     return postprocess
 
 
@@ -36,4 +47,6 @@ def make_accumulators():
 
 def format_metrics(dataset: str, split: str, m: dict) -> str:
     accs = "  ".join(f"Acc@{t:.2f} {100 * m[f'acc@{t:g}']:.2f}" for t in ACC_THRESHOLDS if f"acc@{t:g}" in m)
-    return f"{dataset} {split}: Acc@0.5 (IoU > 0.5) {100 * m['acc@0.5']:.2f} (n={int(m['n'])}, mIoU {m['miou']:.4f})\n  {accs}"
+    lines = [f"{dataset} {split}: Acc@0.5 (IoU > 0.5) {100 * m['acc@0.5']:.2f} (n={int(m['n'])}, mIoU {m['miou']:.4f})",
+             f"  {accs}"]
+    return "\n".join(lines + [f"  {line}" for line in format_breakdown(m)])

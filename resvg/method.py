@@ -51,7 +51,7 @@ def build(args, logger):
     cfg = model.cfg
     logger.info(f"ResVG {args.model_preset} on {args.dataset}: {cfg.img_size} px, max_query_len {cfg.max_query_len}, "
                 f"freeze {list(cfg.freeze_modules)} for {cfg.freeze_epochs} epochs; lr groups: {training.GROUP_RULES}")
-    for split in (args.train_split, args.val_split):
+    for split in (*data.train_splits(args), args.val_split):
         logger.info("prior " + data.prior_source(args, split))
     criterion = ResVGCriterion(dict(weight_l1=args.bbox_loss_coef, weight_giou=args.giou_loss_coef,
                                     aux_loss=args.aux_loss))
@@ -101,6 +101,15 @@ def load(args) -> ResVG:
     return model
 
 
+def _check_query(args, tok) -> None:
+    """predict.py: ``--text`` must fit the model's max_query_len with [CLS] and [SEP]."""
+    n = len(tok.tokenize(args.text.lower()))
+    if n > tok.max_len - 2:
+        raise SystemExit(f"resvg: --text {args.text!r} has {n} WordPiece tokens, more than the model's "
+                         f"max_query_len {tok.max_len} - 2 ([CLS], [SEP]); shorten it or pass "
+                         f"--truncate_long_queries (the official silent truncation)")
+
+
 def _prior_rows(path: str, width: int):
     """[N, width] rows of a prior file; a file holding one [width] vector is one row."""
     obj = torch_load(path, allow_numpy=True)
@@ -113,15 +122,20 @@ def _prior_rows(path: str, width: int):
 
 
 def records(args, split: str, train: bool) -> list:
-    return data.records(args, split, config_from_args(args.model_config))
+    """``split``'s records; the training split with ``--extra_train_splits`` appended."""
+    splits = data.train_splits(args) if train and split == args.train_split else split
+    return data.records(args, splits, config_from_args(args.model_config))
 
 
 def pipeline(args, model: ResVG, train: bool):
-    return data.pipeline(args, model.cfg, train)
+    transform, tok = data.pipeline(args, model.cfg, train)
+    if getattr(args, "text", None) is not None and not args.truncate_long_queries:  # predict.py's one query
+        _check_query(args, tok)
+    return transform, tok
 
 
 def make_postprocess(args, model: ResVG, split: str):
-    return evaluation.make_postprocess()
+    return evaluation.make_postprocess(getattr(args, "breakdown", None))
 
 
 def make_accumulators(args):

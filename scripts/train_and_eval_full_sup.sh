@@ -3,6 +3,7 @@
 #   hivg   HiVG paper Table 1 rows "HiVG (CLIP-B)" and "HiVG-L (CLIP-L)", single-dataset fine-tuning
 #   simvg  SimVG README row "SimVG (ViT-L/32, DB)" single-dataset, and the ViT-B one-stage recipe
 #   vglaw  VG-LAW README rows (ViT-B multi-task REC + RES: RefCOCO, RefCOCO+, RefCOCOg-umd, RefClef)
+#   resvg  ResVG README row (ResNet-50 + BERT-base) on RefCOCO/+/g, ReferItGame and Flickr30K
 # (pre-training rows - HiVG mixup, SimVG pre-train/fine-tune/distill - have their own scripts under
 # scripts/<method>/.)
 #
@@ -21,6 +22,7 @@ RUNS=(
     "simvg simvg/train_single_large.sh"
     "simvg simvg/train_onestage_base.sh"
     "vglaw vglaw/train_multitask.sh"
+    "resvg resvg/train_r50.sh"
 )
 
 known=()

@@ -200,3 +200,66 @@ def test_load_ours_and_official_files_and_the_predict_prior(tmp_path):
     assert not method.load(args).default_prior.any()  # no --prior_file: zeros (printed)
     with pytest.raises(SystemExit, match="trained with the semantic prior"):
         method.load(protocol.predict_parser(method).parse_args(base + ["--checkpoint", str(ours), "--no_prior"]))
+
+
+def test_extra_train_splits_each_with_their_prior_file(syn, tmp_path):
+    """--extra_train_splits appends split lists to the training split, each keeping its sample indices and
+    reading its own prior file; a split named twice is refused."""
+    rows = {s: torch.randn(n, WIDTH) for s, n in (("train", 12), ("testA", 2))}
+    for s, r in rows.items():
+        _write(tmp_path, s, r)
+    args = _args(syn, tmp_path, "--train_split", "train", "--extra_train_splits", "testA")
+    recs = method.records(args, "train", train=True)
+    assert [r.split for r in recs] == ["train"] * 12 + ["testA"] * 2
+    for r in recs:
+        np.testing.assert_array_equal(r.extra[PRIOR_KEY], rows[r.split][r.extra["index"]].numpy())
+    _write(tmp_path, "testA", torch.randn(3, WIDTH))  # the extra split's own file is checked against it
+    with pytest.raises(DataError, match=r"testA_fea\.pth: 3 prior rows for a split of 2 samples"):
+        method.records(args, "train", train=True)
+    with pytest.raises(DataError, match=r"\['train'\] named twice"):
+        method.records(_args(syn, tmp_path, "--train_split", "train", "--extra_train_splits", "train"), "train", True)
+
+
+def test_breakdown_by_expression_type(syn, tmp_path):
+    """--breakdown expr_type: the group of a record read back from a split file is its expression's program type
+    (parsed from the text), the same as the generator's record; the report adds one line per type."""
+    from vgcore.metrics import record_groups
+    from vgcore.synthetic.scenes import expression_type, make_records
+
+    made, _ = make_records(40, seed=5, split="val")
+    assert [expression_type(r) for r in made] == [r.extra["expr_type"] for r in made]
+    stripped = [r.replace(extra={}) for r in made]
+    assert record_groups(stripped, "expr_type") == [r.extra["expr_type"] for r in made]
+    assert record_groups(stripped, "none") is None
+    assert expression_type(made[0].replace(expression="a dog on a sofa", extra={})) == "other"
+    _write(tmp_path, "val", torch.randn(5, WIDTH))
+    args, recs = _records(syn, tmp_path, "val", "--breakdown", "expr_type")
+    model = build_model(method._args.model_config_from_args(args)).eval()
+    transform, tok = method.pipeline(args, model, False)
+    ds = GroundingDataset(recs, transform, tok)
+    batch = Collate(tok)([ds[i] for i in range(5)])
+    post = method.make_postprocess(args, model, "val")({"pred_boxes": batch.boxes[:, None].clone()}, batch)
+    types = [expression_type(r) for r in recs]
+    assert post["group"] == types
+    acc = method.make_accumulators(args)
+    acc.update(**post)
+    m = acc.compute()
+    for t in set(types):
+        assert m[f"n/{t}"] == types.count(t) and m[f"acc@0.5/{t}"] == 1.0
+    text = method.format_metrics(args, "val", m)
+    assert all(f"{t}: n={types.count(t)}  acc@0.5 100.00" in text for t in set(types))
+
+
+def test_predict_query_longer_than_the_model_takes(syn, tmp_path):
+    from vgcore.checkpoint import save_model
+
+    model = build_model({"model_preset": "tiny"})
+    save_model(tmp_path / "m.pth", model, model.cfg.to_dict())
+    base = ["--checkpoint", str(tmp_path / "m.pth"), "--image", "x.png", "--bert_token_mode",
+            str(syn / "tokenizers" / "vocab.txt")]
+    long = "the small red circle " * 6
+    args = protocol.predict_parser(method).parse_args(base + ["--text", long])
+    with pytest.raises(SystemExit, match=r"--text .* WordPiece tokens, more than the model's max_query_len 20"):
+        method.pipeline(args, method.load(args), False)
+    args = protocol.predict_parser(method).parse_args(base + ["--text", long, "--truncate_long_queries"])
+    method.pipeline(args, method.load(args), False)

@@ -41,6 +41,8 @@ OFFICIAL = {
     # VG-LAW: 4 GPUs x batch 1 x 64 accumulation steps (--batch_sum 256), two stages per dataset
     ("vglaw/train_multitask.sh",): [(4, 1)] * 8,
     ("train_and_eval_full_sup.sh", "vglaw"): [(4, 1)] * 8,
+    ("resvg/train_r50.sh", "unc", "flickr"): [(4, 16)] * 2,
+    ("train_and_eval_full_sup.sh", "resvg"): [(4, 16)] * 6,
 }
 # scripts whose per-GPU batch may exceed the official one (VG-LAW's batch 1 per GPU was a MindSpore memory
 # workaround; VGLAW_BS, default 8, is the cap) and whose accumulation is realised by --batch_sum

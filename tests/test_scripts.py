@@ -120,7 +120,7 @@ def test_dry_run_prints_launch_commands(path, tmp_path):
         if "torch.distributed.launch" in cmd:
             assert "--use_env" in cmd and any(c.startswith("--nproc_per_node=") for c in cmd), cmd
     if rel == "train_and_eval_full_sup.sh":
-        expected = {f"{m}/train.py" for m in ("hivg", "simvg", "vglaw")}
+        expected = {f"{m}/train.py" for m in ("hivg", "simvg", "vglaw", "resvg")}
     else:
         method = rel.split("/")[0]
         expected = {f"{method}/eval.py" if path.name.startswith("eval") else f"{method}/train.py"}
@@ -296,6 +296,79 @@ def test_simvg_recipes():
         ["15"], ["10"], ["2.0"], ["1.0"])
 
 
+def test_resvg_recipe():
+    """README row: every config trains on new_train from the dataset's DETR-R50 file (unc for unc / unc+, gref for
+    gref / gref_umd, referit for referit / flickr) and bert-base-uncased, validating on val, with the flag defaults
+    (the official config values); evaluation on the README's splits with the README's --batch_size_test 32."""
+    runs = _launches("resvg/train_r50.sh")
+    detr = {"unc": "unc", "unc+": "unc", "gref": "gref", "gref_umd": "gref", "referit": "referit", "flickr": "referit"}
+    train = _train(runs)
+    assert [f["dataset"][0] for f in train] == list(detr)
+    for f in train:
+        ds = f["dataset"][0]
+        assert f["load_weights_path"] == [f"./checkpoints/detr/detr-r50-{detr[ds]}.pth"]
+        assert f["bert_model"] == ["./checkpoints/bert-base-uncased"] and f["train_split"] == ["new_train"]
+        assert f["val_split"] == ["val"] and f["batch_size"] == ["16"] and f["output_dir"] == [f"./outputs/resvg/r50/{ds}"]
+        for flag in ("lr", "epochs", "lr_drop", "freeze_epochs", "extra_train_splits", "no_prior"):
+            assert flag not in f, flag  # the official values are the defaults
+    evals = {f["dataset"][0]: f for s, f in runs if s == "resvg/eval.py"}
+    assert {ds: f["eval_sets"] for ds, f in evals.items()} == {
+        "unc": ["val", "testA", "testB"], "unc+": ["val", "testA", "testB"], "gref": ["val"],
+        "gref_umd": ["val", "test"], "referit": ["test"], "flickr": ["test"]}
+    for ds, f in evals.items():
+        assert f["batch_size"] == ["32"] and f["checkpoint"] == [f"./outputs/resvg/r50/{ds}/best_checkpoint.pth"]
+    assert "--nproc_per_node=4" in _dry_run("resvg/train_r50.sh", ("gref",))
+    # the augmentation switch and the evaluated checkpoint
+    (f,) = _train(_launches("resvg/train_r50.sh", "unc", RESVG_TRAIN_SPLIT="train", RESVG_EXTRA_SPLITS="new_train",
+                            EVAL_CKPT="checkpoint.pth", RESVG_PRIOR_ROOT="priors"))
+    assert f["train_split"] == ["train"] and f["extra_train_splits"] == ["new_train"]
+    assert f["prior_root"] == ["priors/unc"]
+    ev = [f for s, f in _launches("resvg/train_r50.sh", "unc", EVAL_CKPT="checkpoint.pth") if s == "resvg/eval.py"]
+    assert ev[0]["checkpoint"] == ["./outputs/resvg/r50/unc/checkpoint.pth"]
+    official = [f for s, f in _launches("resvg/eval_official.sh", "unc") if s == "resvg/eval.py"]
+    assert official[0]["checkpoint"] == ["./outputs/resvg/official/unc/converted.pth"]
+
+
+def test_resvg_tiny_stages_augmentation_and_parsers(tmp_path):
+    """The tiny script's commands parse with the real parsers; training is one launched process per core with the
+    global batch 16 (NPROC=1: plain python, batch 16); STAGES picks phases; AUG_SPLIT trains on train + the
+    augmented list into another run folder; evaluation reports the per-type breakdown."""
+    import resvg.eval as ev
+    import resvg.pretrain_tiny as pt
+    import resvg.train as tr
+
+    parsers = {"resvg/train.py": tr.get_args_parser(), "resvg/eval.py": ev.get_args_parser(),
+               "resvg/pretrain_tiny.py": pt.get_args_parser()}
+    out = str(tmp_path / "out")
+
+    def commands(**env):
+        res = []
+        for c in _commands(_dry_run("resvg/train_tiny_synthetic.sh", out_root=out,
+                                    extra_env=tuple(sorted(dict(OUT=out, **env).items())))):
+            t = _launch_target(c)
+            res.append((t[0], t[1], c) if t else ((c[2], c[3:], c) if c[1] == "-m" else (c[1], c[2:], c)))
+        return res
+
+    base = commands()
+    assert [t for t, _, _ in base] == ["vgcore.synthetic", "resvg/pretrain_tiny.py", "resvg/train.py",
+                                       "resvg/eval.py", "scripts/baselines.py"]
+    train_cmd = base[2][2]
+    assert "--nproc_per_node=2" in train_cmd and _flags(base[2][1])["batch_size"] == ["8"]
+    one = commands(NPROC="1")[2]
+    assert one[2][:2] == ["python", "resvg/train.py"] and _flags(one[1])["batch_size"] == ["16"]
+    aug = commands(STAGES="train eval", AUG_SPLIT="new_train", RUN="unc_aug")
+    assert [t for t, _, _ in aug] == ["resvg/train.py", "resvg/eval.py", "scripts/baselines.py"]
+    for target, argv, _ in base + aug:
+        if target in parsers:
+            args = parsers[target].parse_args(argv)
+            if target != "resvg/pretrain_tiny.py":
+                assert args.breakdown == "expr_type" and args.prior_missing == "zeros"
+    train = parsers["resvg/train.py"].parse_args(aug[0][1])
+    assert (train.train_split, train.extra_train_splits) == ("train", ["new_train"])
+    assert train.output_dir == f"{out}/unc_aug" and train.load_weights_path == f"{out}/pretrained/detr_tiny.pth"
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------- real argparse parsers
 
 def _parser_or_skip(method: str, kind: str):
@@ -310,7 +383,7 @@ def _parser_or_skip(method: str, kind: str):
     return mod.get_args_parser()
 
 
-@pytest.mark.parametrize("method,kind", [(m, k) for m in ("hivg", "simvg", "vglaw") for k in ("train", "eval")])
+@pytest.mark.parametrize("method,kind", [(m, k) for m in ("hivg", "simvg", "vglaw", "resvg") for k in ("train", "eval")])
 def test_commands_parse_with_real_parser(method, kind):
     parser = _parser_or_skip(method, kind)
     target = f"{method}/{kind}.py"

@@ -40,6 +40,7 @@ from .boxes import box_iou_elementwise, generalized_box_iou_elementwise
 __all__ = [
     "iou_xyxy", "giou_xyxy", "RECAccumulator", "GRECAccumulator", "RESAccumulator", "PointingAccumulator",
     "argmax_cell_in_box", "GREC_MAIN_KEY", "dist_is_active", "all_reduce_sum", "all_gather_objects",
+    "BREAKDOWNS", "record_groups", "format_breakdown",
 ]
 
 iou_xyxy = box_iou_elementwise
@@ -553,3 +554,39 @@ class RESAccumulator(_Base):
         for i, t in enumerate(self.thresholds):
             out[f"pr@{_fmt(t)}"] = _ratio(c[4 + i], n)
         return out
+
+
+# ------------------------------------------------------------------------------------------ breakdowns
+def _expr_type(record) -> str:
+    from .synthetic.scenes import expression_type
+    return expression_type(record)
+
+
+def _expr_words(record) -> str:
+    n = len(str(record.expression).split())
+    return "words<=3" if n <= 3 else "words4-6" if n <= 6 else "words>=7"
+
+
+BREAKDOWNS = {  # name -> (record -> group label), for RECAccumulator's per-group counts
+    "expr_type": _expr_type,    # synthetic data: the expression's program type (attr / extreme / ordinal / rel)
+    "expr_words": _expr_words,  # any data: expression length in words (<=3, 4-6, >=7)
+}
+
+
+def record_groups(records: Sequence, by: Optional[str]) -> Optional[List[str]]:
+    """Group labels of ``records`` for ``RECAccumulator.update(..., group=)``: ``by`` names a `BREAKDOWNS`
+    entry; None / "" / "none" gives None (no breakdown)."""
+    if not by or by == "none":
+        return None
+    if by not in BREAKDOWNS:
+        raise ValueError(f"unknown breakdown {by!r}; choose from {sorted(BREAKDOWNS)}")
+    return [BREAKDOWNS[by](r) for r in records]
+
+
+def format_breakdown(m: Dict[str, float], keys: Sequence[str] = ("acc@0.5",)) -> List[str]:
+    """One line per group of a computed REC report (its ``n/<group>`` entries): count and ``keys`` in %."""
+    lines = []
+    for g in sorted(k[2:] for k in m if k.startswith("n/")):
+        vals = "  ".join(f"{k} {100 * m[f'{k}/{g}']:.2f}" for k in keys if f"{k}/{g}" in m)
+        lines.append(f"{g}: n={int(m[f'n/{g}'])}  {vals}")
+    return lines

@@ -12,6 +12,16 @@ and computes ``x * w / sqrt(var + eps) + (b - mean * w / sqrt(var + eps))``.
 Trainable parameters follow DETR's rule: only the stages named in ``train_layers`` (default layer2..layer4)
 may ever train; ``conv1`` and ``layer1`` stay frozen for good (`permanently_frozen` lists them).
 No ImageNet weights are downloaded: the trunk is meant to be filled from a checkpoint.
+
+Small trunks for CPU runs (`TINY_RESNETS`): ``resnet_tiny`` is torchvision's ResNet layout (7x7 stem, max-pool,
+four stages of torchvision ``BasicBlock``) with one block per stage and narrow widths (32, 64, 128, 256); its
+parameter names are those of the torchvision ResNets, so every rule above applies.  With ``dilation`` its last
+stage keeps stride 1 (stride 16 overall): with one block per stage this is exactly DC5 (the first block of a
+dilated stage keeps the previous dilation, 1).
+
+``frozen_bn=False`` builds the trunk with ordinary ``BatchNorm2d`` (e.g. to pretrain it from scratch);
+`frozen_bn_state_dict` turns such a trunk's state into FrozenBatchNorm2d buffers (statistics and affine
+parameters as they are, ``num_batches_tracked`` dropped), the layout a frozen-BN trunk loads.
 """
 from __future__ import annotations
 
@@ -24,16 +34,53 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["ResNetBackbone", "resnet_channels"]
+__all__ = ["ResNetBackbone", "resnet_channels", "TINY_RESNETS", "frozen_bn_state_dict"]
 
 _CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+# name -> (blocks per stage, stage widths); torchvision BasicBlocks
+TINY_RESNETS = {"resnet_tiny": ((1, 1, 1, 1), (32, 64, 128, 256))}
 
 
 def resnet_channels(name: str) -> int:
-    """Channels of the last stage of torchvision's ``name``."""
+    """Channels of the last stage of ``name`` (torchvision's, or a `TINY_RESNETS` trunk)."""
+    if name in TINY_RESNETS:
+        return TINY_RESNETS[name][1][-1]
     if name not in _CHANNELS:
-        raise ValueError(f"unknown ResNet {name!r}; choose from {sorted(_CHANNELS)}")
+        raise ValueError(f"unknown ResNet {name!r}; choose from {sorted(_CHANNELS) + sorted(TINY_RESNETS)}")
     return _CHANNELS[name]
+
+
+def _tiny_resnet(name: str, norm, dilation: bool) -> nn.Module:
+    """`TINY_RESNETS` trunk with torchvision's module names (conv1, bn1, relu, maxpool, layer1..4)."""
+    from torchvision.models.resnet import BasicBlock
+
+    blocks, widths = TINY_RESNETS[name]
+    net = nn.Module()
+    net.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = norm(widths[0])
+    net.relu = nn.ReLU(inplace=True)
+    net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    inplanes = widths[0]
+    for i, (n, width) in enumerate(zip(blocks, widths)):
+        stride = 1 if i == 0 or (i == 3 and dilation) else 2
+        layers = []
+        for j in range(n):
+            down = None
+            if j == 0 and (stride != 1 or inplanes != width):
+                down = nn.Sequential(nn.Conv2d(inplanes, width, kernel_size=1, stride=stride, bias=False), norm(width))
+            layers.append(BasicBlock(inplanes, width, stride if j == 0 else 1, down, norm_layer=norm))
+            inplanes = width
+        setattr(net, f"layer{i + 1}", nn.Sequential(*layers))
+    for m in net.modules():  # torchvision's initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
+def frozen_bn_state_dict(module: nn.Module) -> dict:
+    """State dict of a trunk built with ``frozen_bn=False`` in the FrozenBatchNorm2d layout: BatchNorm weight,
+    bias, running_mean and running_var kept, ``num_batches_tracked`` dropped."""
+    return {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
 class ResNetBackbone(nn.Module):
@@ -41,16 +88,20 @@ class ResNetBackbone(nn.Module):
 
     ``mask`` is the pixel mask nearest-resized to the feature grid (None when ``pixel_mask`` is None).
     ``bn_eps`` is FrozenBatchNorm2d's eps (1e-5 as DETR).  ``train_layers``: stage names whose parameters may
-    train; an empty tuple freezes the whole trunk (DETR with ``lr_backbone = 0``)."""
+    train; an empty tuple freezes the whole trunk (DETR with ``lr_backbone = 0``).  ``frozen_bn=False``:
+    ordinary BatchNorm2d layers (see the module doc)."""
 
     def __init__(self, name: str = "resnet50", dilation: bool = False, bn_eps: float = 1e-5,
-                 train_layers: Sequence[str] = ("layer2", "layer3", "layer4")):
+                 train_layers: Sequence[str] = ("layer2", "layer3", "layer4"), frozen_bn: bool = True):
         super().__init__()
         self.num_channels = resnet_channels(name)
-        norm = functools.partial(FrozenBatchNorm2d, eps=bn_eps)
-        net = getattr(torchvision.models, name)(weights=None, norm_layer=norm,
-                                                replace_stride_with_dilation=[False, False, dilation])
-        del net.fc, net.avgpool
+        norm = functools.partial(FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d, eps=bn_eps)
+        if name in TINY_RESNETS:
+            net = _tiny_resnet(name, norm, dilation)
+        else:
+            net = getattr(torchvision.models, name)(weights=None, norm_layer=norm,
+                                                    replace_stride_with_dilation=[False, False, dilation])
+            del net.fc, net.avgpool
         self.body = net
         self.stride = 16 if dilation else 32
         self.train_layers = tuple(train_layers)

@@ -85,6 +85,7 @@ from ..text import build_wordpiece_vocab, train_sentencepiece
 __all__ = [
     "KINDS", "COLORS", "SIZES", "VOCAB", "SPLITS", "KIND_GROUPS", "CATEGORY_IDS",
     "make_scene", "make_records", "make_scenes", "generate", "load_synthetic", "evaluate", "parse_expression",
+    "EXPR_TYPES", "expression_type",
     "TAG_CLASSES", "scene_tag_maps", "patch_tags",
     "realise", "image_file_name", "objects_of", "main",
 ]
@@ -406,6 +407,25 @@ def parse_expression(text: str) -> dict:
         if m:
             return build(m)
     raise ValueError(f"expression not in the synthetic grammar: {text!r}")
+
+
+EXPR_TYPES = ("attr", "extreme", "ordinal", "rel", "set", "none")
+
+
+def expression_type(record) -> str:
+    """The program type of a synthetic record's expression (attr / extreme / ordinal / rel / set, "none" for a
+    no-target expression): ``extra["expr_type"]`` when the record carries it (records made in memory), else
+    parsed from the text (records read back from a split file, whose formats do not keep it); "other" for a
+    text outside the grammar (not synthetic data)."""
+    extra = record.extra if isinstance(record.extra, dict) else {}
+    if extra.get("expr_type"):
+        return str(extra["expr_type"])
+    if getattr(record, "num_targets", 1) == 0:
+        return "none"
+    try:
+        return parse_expression(record.expression)["type"]
+    except ValueError:
+        return "other"
 
 
 # ------------------------------------------------------------------------------------- expression sampling

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# ResVG's tiny preset on the built-in synthetic data, on the CPU (no downloads):
+#   1. synthetic data (TransVG split lists, JPEG) with the quickstart's larger shapes;
+#   2. resvg/pretrain_tiny.py on scenes and expressions of another seed, the stand-in for the DETR-R50 and
+#      bert-base weights ResVG starts from: the tiny ResNet + input_proj + visual encoder on per-cell kind /
+#      colour / size / row / col tags, the tiny BERT on what the expressions say; written in DETR's and BERT's
+#      layouts and loaded by train.py through --load_weights_path / --bert_model like the real files;
+#   3. resvg/train.py --model_preset tiny: the official losses, parameter groups, freeze schedule and StepLR,
+#      with a short schedule (see resvg/README.md, "Tiny preset");
+#   4. resvg/eval.py on val with the accuracy per expression type (--breakdown expr_type: attr / extreme /
+#      ordinal / rel), and the trivial / noun-only baselines (scripts/baselines.py).
+# Measured on the 2-core machine: see resvg/README.md, "Tiny preset".
+#
+# Relation-sensitive augmentation: AUG_SPLIT=new_train trains on train + the split list
+# $DATA/split/data/unc/unc_<AUG_SPLIT>.pth (with its <AUG_SPLIT>_fea.pth when priors are used), which must exist
+# before the training stage (the augmented samples only: --extra_train_splits; for a list that holds train as
+# well use TRAIN_SPLIT=new_train instead). Compare the two runs' rel accuracy on val:
+#   bash scripts/resvg/train_tiny_synthetic.sh                                        # -> $OUT/unc
+#   STAGES="train eval" AUG_SPLIT=new_train RUN=unc_aug bash scripts/resvg/train_tiny_synthetic.sh
+#   (acc@0.5/rel in $OUT/unc/eval_unc_val.json and $OUT/unc_aug/eval_unc_val.json)
+# Prior features: PRIOR_ROOT=DIR reads DIR/<split>_fea.pth (32-d rows for the tiny preset); without it every
+# prior row is zero (--prior_missing zeros: the content query is the prior MLP of a zero vector).
+#
+# Usage: bash scripts/resvg/train_tiny_synthetic.sh [--dry-run]
+#   env: OUT (./outputs/resvg_tiny), RUN (unc: the run folder below OUT), STAGES (data pretrain train eval),
+#        EPOCHS (6), NUM_TRAIN (6000), PRETRAIN_STEPS (2000), TEXT_STEPS (600), TRAIN_SPLIT (train), AUG_SPLIT,
+#        PRIOR_ROOT, SEED (42), QS_DEVICE (cpu), NPROC (2: torch.distributed.launch, gloo on the CPU, one process
+#        per core, the global batch stays 16; 1: plain `python resvg/train.py`), LOADER_WORKERS (0: the model's
+#        process decodes the 128-px JPEGs), OMP_NUM_THREADS (1 for every step: the tiny model's ops are small, and
+#        two threads per process are several times slower as soon as other work shares the cores)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+vg_init "$@"
+OUT=${OUT:-./outputs/resvg_tiny}
+RUN=${RUN:-unc}
+STAGES=${STAGES:-data pretrain train eval}
+EPOCHS=${EPOCHS:-6}
+NUM_TRAIN=${NUM_TRAIN:-6000}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-2000}
+TEXT_STEPS=${TEXT_STEPS:-600}
+TRAIN_SPLIT=${TRAIN_SPLIT:-train}
+AUG_SPLIT=${AUG_SPLIT:-}
+PRIOR_ROOT=${PRIOR_ROOT:-}
+SEED=${SEED:-42}
+QS_DEVICE=${QS_DEVICE:-cpu}
+NPROC=${NPROC:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+LOADER_WORKERS=${LOADER_WORKERS:-0}
+DATA=$OUT/data
+PRE=$OUT/pretrained
+SCENE=(--object-scale 1.8 --max-objects 5)
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
+COMMON=(--model_preset tiny --dataset unc --split_root "$DATA/split/data" --image_root "$DATA/images"
+        --bert_token_mode "$DATA/tokenizers/vocab.txt" --device "$QS_DEVICE" --num_workers "$LOADER_WORKERS"
+        --breakdown expr_type)
+if [ -n "$PRIOR_ROOT" ]; then COMMON+=(--prior_root "$PRIOR_ROOT"); else COMMON+=(--prior_missing zeros); fi
+EXTRA=()
+if [ -n "$AUG_SPLIT" ]; then EXTRA=(--extra_train_splits "$AUG_SPLIT"); fi
+
+if want data; then
+    run "$PYTHON" -m vgcore.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
+        --formats transvg --image-format jpg "${SCENE[@]}"
+fi
+if want pretrain; then
+    run "$PYTHON" resvg/pretrain_tiny.py --vocab "$DATA/tokenizers/vocab.txt" --out_dir "$PRE" --steps "$PRETRAIN_STEPS" \
+        --text_steps "$TEXT_STEPS" "${SCENE[@]}" --seed "$SEED" --device "$QS_DEVICE" --log_every 500
+fi
+if [ "$NPROC" -gt 1 ]; then
+    NGPU=$NPROC TRAIN=(vg_launch)  # lib.sh: torch.distributed.launch --nproc_per_node=$NGPU --use_env
+else
+    TRAIN=(run "$PYTHON")
+fi
+if want train; then
+    "${TRAIN[@]}" resvg/train.py "${COMMON[@]}" --train_split "$TRAIN_SPLIT" "${EXTRA[@]+"${EXTRA[@]}"}" \
+        --load_weights_path "$PRE/detr_tiny.pth" --bert_model "$PRE/bert_tiny.pth" --seed "$SEED" \
+        --batch_size "$((16 / NPROC))" --epochs "$EPOCHS" --lr 5e-4 --lr_backbone 5e-5 --lr_vis_enc 5e-5 --lr_bert 5e-5 \
+        --freeze_epochs 1 --lr_drop "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --log_every 125 --tensorboard false \
+        --output_dir "$OUT/$RUN" --overwrite
+fi
+if want eval; then
+    run "$PYTHON" resvg/eval.py "${COMMON[@]}" --checkpoint "$OUT/$RUN/best_checkpoint.pth" --eval_sets val \
+        --output_dir "$OUT/$RUN"
+    run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --metrics "$OUT/$RUN/eval_unc_val.json" \
+        --out "$OUT/$RUN/vs_baselines.json"
+fi
