@@ -38,6 +38,7 @@ from torch import nn
 from alvg.head import HEAD_SWITCHES, ALVGHead
 from alvg.loss import LOSS_SWITCHES
 from simvg.model import postprocess_rec, query_scores
+from vgcore import dist
 from vgcore.models.beit3 import BEiT3, beit3_config, load_beit3_pretrained
 from vgcore.models.config import config_from
 
@@ -125,6 +126,19 @@ class ALVG(nn.Module):
             img_enhance=cfg.img_enhance, tie_dropout=cfg.tie_dropout, mask_head=cfg.mask_head,
             mask_channels=cfg.mask_channels, **{k: getattr(cfg, k) for k in HEAD_SWITCHES})
 
+    def train(self, mode: bool = True):
+        """Also, when leaving training in a distributed run: every rank takes rank 0's buffers (the mask head's
+        BatchNorm statistics).  DDP broadcasts buffers at the start of each training forward, so after the last
+        step each rank holds its own update; without this, validation would run different statistics per rank
+        from the ones saved in the checkpoint (rank 0's).  Only after a training forward, so that evaluation
+        code calling ``eval()`` on one rank never waits for the others."""
+        if not mode and getattr(self, "_buffers_stale", False) and dist.get_world_size() > 1:
+            for b in self.buffers():
+                dist.broadcast(b, 0)
+        if not mode:
+            self._buffers_stale = False
+        return super().train(mode)
+
     def set_compat(self, **switches) -> None:
         """Turn compat switches on / off after construction (head switches act at once, loss switches through
         the config the criterion reads)."""
@@ -144,6 +158,8 @@ class ALVG(nn.Module):
                         return_intermediates: bool = False) -> Dict[str, Any]:
         """images [B,3,H,W]; text_ids [B,L] long; text_padding_mask [B,L] (True/1 = pad); image_padding_mask
         [B,H,W] (True = pad) or None.  Returns the dict of the module docstring."""
+        if self.training:
+            self._buffers_stale = True
         text_pad = text_padding_mask.bool()
         enc = self.beit3(images, text_ids, text_pad)
         B = images.shape[0]
