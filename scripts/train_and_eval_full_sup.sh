@@ -2,6 +2,7 @@
 # Trains and evaluates the fully supervised single-dataset rows of every method, one after the other:
 #   hivg   HiVG paper Table 1 rows "HiVG (CLIP-B)" and "HiVG-L (CLIP-L)", single-dataset fine-tuning
 #   simvg  SimVG README row "SimVG (ViT-L/32, DB)" single-dataset, and the ViT-B one-stage recipe
+#   alvg   ALVG single-dataset recipes, ViT-B/32 (incl. gRefCOCO) and ViT-L/32 (no published numbers)
 # (pre-training rows - HiVG mixup, SimVG pre-train/fine-tune/distill - have their own scripts under
 # scripts/<method>/.)
 #
@@ -19,6 +20,8 @@ RUNS=(
     "hivg  hivg/train_finetune_large.sh"
     "simvg simvg/train_single_large.sh"
     "simvg simvg/train_onestage_base.sh"
+    "alvg  alvg/train_single_base.sh"
+    "alvg  alvg/train_single_large.sh"
 )
 
 known=()
