@@ -15,8 +15,8 @@
 # Usage: bash scripts/alvg/train_tiny_synthetic.sh [--dry-run]
 #   env: OUT (./outputs/alvg_tiny), EPOCHS (12), NUM_TRAIN (6000), PRETRAIN_STEPS (3000), TEXT_STEPS (400),
 #        JOINT_STEPS (2000), VIS_MULT (0.2), DATASET (refcoco | grefcoco), MASKS (auto | off), ATTN (1 | 0),
-#        SEED (6666), QS_DEVICE (cpu), NPROC (1: one process on every core; N > 1: torch.distributed.launch, gloo
-#        on the CPU, the global batch stays 16), LOADER_WORKERS (0)
+#        SEED (6666), QS_DEVICE (cpu), NPROC (training processes, 1: one process on every core; N > 1: gloo on
+#        the CPU, one thread each, the global batch stays 16), LOADER_WORKERS (0)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 vg_init "$@"
@@ -56,12 +56,8 @@ if [[ ! -f "$OUT/tiny_beit3.pth" ]] || vg_is_dry; then
         --steps "$PRETRAIN_STEPS" --text_steps "$TEXT_STEPS" --joint_steps "$JOINT_STEPS" "${SCENE[@]}" \
         --device "$QS_DEVICE" --log_every 500
 fi
-if [ "$NPROC" -gt 1 ]; then
-    NGPU=$NPROC TRAIN=(vg_launch)  # lib.sh: torch.distributed.launch --nproc_per_node=$NGPU --use_env
-else
-    TRAIN=(run "$PYTHON")
-fi
-"${TRAIN[@]}" alvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$RUN_NAME" \
+NGPU=$NPROC  # lib.sh's vg_launch: torch.distributed.launch --nproc_per_node=$NPROC --use_env (gloo on the CPU)
+vg_launch alvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$RUN_NAME" \
     --tensorboard 0 --seed "$SEED" --epochs "$EPOCHS" --batch_size "$((16 / NPROC))" --lr 5e-4 \
     --lr_vis_enc_mult "$VIS_MULT" --warmup_epochs 0 --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" \
     --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100 --overwrite "${EXTRA[@]+"${EXTRA[@]}"}"
