@@ -49,7 +49,7 @@ from simvg.convert import adapt_img_size, convert_beit3_pretrained
 from vgcore.checkpoint import Rules, convert_state_dict, group_keys, load_strict, torch_load, unwrap
 from vgcore.cli import parse_key_values
 
-__all__ = ["OFFICIAL_COMPAT", "RULES", "UNUSED", "map_key", "convert_alvg_state_dict", "read_alvg_checkpoint",
+__all__ = ["OFFICIAL_COMPAT", "RULES", "UNUSED", "map_key", "to_official_state_dict", "convert_alvg_state_dict", "read_alvg_checkpoint",
            "convert_beit3_pretrained", "config_from_official", "config_from_state_dict", "adapt_img_size",
            "load_into", "main"]
 
@@ -60,7 +60,8 @@ UNUSED = (r"^head\.class_embed_token\.", r"^head\.bbox_embed_token\.", r"^head\.
           r"^head\.mask_head\.norm\.")
 EMPTY_WEIGHT = "head.criterion.empty_weight"
 
-_TGQG = r"^head\.text_guided_query_generation_transformer\."
+_TGQG_NAME = "head.text_guided_query_generation_transformer."
+_TGQG = "^" + re.escape(_TGQG_NAME)
 _DEC = r"^head\.transformer\.decoder\.layers\.(\d+)\."
 _DEC_NORM = {"1": "norm1", "3": "norm2", "2": "norm3"}
 
@@ -88,6 +89,35 @@ def map_key(key: str) -> Optional[str]:
     """One official ALVG key -> ours, or None (dropped or unmapped; ``module.`` must already be stripped)."""
     out, _ = convert_state_dict({key: None}, RULES, keep_unmatched=False)
     return next(iter(out), None)
+
+
+_INV = [(r"^beit3\.", "vis_enc.beit3."), (r"^head\.enhance\.", "head.transformer.img_enhance."),
+        (r"^head\.decoder\.layers\.(\d+)\.ffn\.linear([12])\.", r"head.transformer.decoder.layers.\1.linear\2."),
+        (r"^head\.decoder\.layers\.(\d+)\.norm([123])\.",
+         lambda m: f"head.transformer.decoder.layers.{m.group(1)}.norm{ {'1': 1, '2': 3, '3': 2}[m.group(2)]}."),
+        (r"^head\.decoder\.", "head.transformer.decoder."),
+        (r"^head\.tgqg\.layers\.(\d+)\.self_attn\.", _TGQG_NAME + r"layers.\1.attentions.0.attn."),
+        (r"^head\.tgqg\.layers\.(\d+)\.cross_attn\.", _TGQG_NAME + r"layers.\1.attentions.1.attn."),
+        (r"^head\.tgqg\.layers\.(\d+)\.ffn\.linear1\.", _TGQG_NAME + r"layers.\1.ffns.0.layers.0.0."),
+        (r"^head\.tgqg\.layers\.(\d+)\.ffn\.linear2\.", _TGQG_NAME + r"layers.\1.ffns.0.layers.1."),
+        (r"^head\.tgqg\.layers\.(\d+)\.norm([123])\.",
+         lambda m: f"{_TGQG_NAME}layers.{m.group(1)}.norms.{int(m.group(2)) - 1}."),
+        (r"^head\.tgqg\.post_norm\.", _TGQG_NAME + "post_norm_layer."),
+        (r"^head\.class_embed\.", "head.class_embed_decoder."), (r"^head\.bbox_embed\.", "head.bbox_embed_decoder."),
+        (r"^head\.", "head.")]
+
+
+def to_official_state_dict(sd: Dict[str, torch.Tensor], eos_coef: float = 0.1) -> Dict[str, torch.Tensor]:
+    """Our ALVG state dict -> the official layout (export, round-trip tests): renamed by the inverse of `RULES`,
+    plus ``head.criterion.empty_weight`` = [1, ..., eos_coef]; the never-run modules are not recreated."""
+    out, rep = convert_state_dict(sd, _INV, keep_unmatched=False)
+    if rep.unmatched:
+        raise KeyError(f"to_official_state_dict: keys without an official name: {rep.unmatched}")
+    n = out["head.class_embed_decoder.weight"].shape[0]
+    w = torch.ones(n)
+    w[-1] = eos_coef
+    out[EMPTY_WEIGHT] = w
+    return dict(out)
 
 
 def convert_alvg_state_dict(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], dict]:

@@ -2,6 +2,7 @@
 stacked layers, compat switches, TIE, the converter's rules, and a short overfit of the tiny model."""
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -219,3 +220,30 @@ def test_tiny_overfits_one_batch():
         first = first if first is not None else (loss["loss_dgt"] + loss["loss_mask"]).item()
     last = (loss["loss_dgt"] + loss["loss_mask"]).item()
     assert last < 0.5 * first, (first, last)
+
+
+def test_convert_cli_round_trip_of_an_official_file(tmp_path):
+    """Our tiny model exported to the official layout (with the never-run modules and a DDP prefix), written as
+    an official checkpoint file, converted by ``python -m alvg.convert``'s main and loaded by the evaluation
+    loader: same outputs, every compat switch on, the never-run modules dropped."""
+    from alvg.weights import read_weights
+    model = _tiny()
+    model.eval()
+    off = convert.to_official_state_dict(model.state_dict())
+    C = model.cfg.embed_dim
+    off.update({"head.class_embed_token.weight": torch.zeros(2, C), "head.mask_head.norm.weight": torch.ones(C)})
+    torch.save({"state_dict": {"module." + k: v for k, v in off.items()}, "epoch": 3}, tmp_path / "official.pth")
+    bb = json.dumps({"embed_dim": C, "num_layers": 3, "ffn_dim": 256, "num_heads": 4})
+    assert convert.main(["--src", str(tmp_path / "official.pth"), "--dst", str(tmp_path / "ours.pth"),
+                         "--set", f"backbone_overrides={bb}", "--set", "num_heads=4"]) == 0
+    payload = torch.load(tmp_path / "ours.pth", weights_only=True)
+    assert sorted(payload["report"]["unused"]) == ["head.class_embed_token.weight", "head.mask_head.norm.weight"]
+    sd, cfg, kind = read_weights(str(tmp_path / "ours.pth"))
+    assert kind == "converted" and all(cfg[k] for k in COMPAT_SWITCHES)
+    again = build_model(cfg)
+    again.load_state_dict(sd)
+    again.set_compat(**{k: False for k in COMPAT_SWITCHES})
+    again.eval()
+    with torch.no_grad():
+        a, b = model.forward_tensors(*_inputs()), again.forward_tensors(*_inputs())
+    assert torch.equal(a["decoder_boxes"], b["decoder_boxes"]) and torch.equal(a["pred_masks"], b["pred_masks"])
