@@ -147,50 +147,45 @@ def _box_raster(boxes_xyxy: torch.Tensor, canvas_hw, inclusive: bool) -> torch.T
 
 def attention_targets(boxes_cxcywh: Sequence[torch.Tensor], masks: Optional[torch.Tensor], canvas_hw, grid_hw,
                       box_compat: bool) -> Dict[str, Any]:
-    """The targets of both attention losses.
+    """The targets of both attention losses (vectorised over the batch and the targets).
 
     boxes_cxcywh: B tensors [K_b,4] normalised cxcywh; masks: [B,H,W] union masks at the canvas, or None (box
-    regions).  Returns ``coverage`` / ``focus``: B tensors [K_b,h,w]; ``overlap`` [B,h,w] (the score-loss target
-    O); ``num_targets`` [B] long."""
+    regions).  Returns ``coverage`` and ``focus`` [B,K,h,w] (K = max K_b; rows past K_b are zero),
+    ``num_targets`` [B] long and ``overlap`` [B,h,w] (the score-loss target O)."""
     H, W = canvas_hw
     h, w = grid_hw
-    scale = torch.tensor([W, H, W, H], dtype=torch.float64)
-    cov, focus = [], []
-    for b, bx in enumerate(boxes_cxcywh):
-        bx = bx.reshape(-1, 4)
-        xyxy = box_cxcywh_to_xyxy(bx.double()) * scale.to(bx.device)
-        K = bx.shape[0]
-        if K == 0:
-            c = torch.zeros(0, h, w, device=bx.device)
-        elif masks is not None:
-            m = masks[b].to(bx.device).bool()
-            if K == 1:
-                region = m[None]
-            else:  # the union mask inside each target's box
-                region = m[None] & _box_raster(xyxy, canvas_hw, inclusive=False)
+    B = len(boxes_cxcywh)
+    counts = [int(b.reshape(-1, 4).shape[0]) for b in boxes_cxcywh]
+    K = max(counts, default=0)
+    dev = boxes_cxcywh[0].device if B else torch.device("cpu")
+    cov = torch.zeros(B, max(K, 1), h, w, device=dev)
+    num = torch.tensor(counts, dtype=torch.long, device=dev)
+    if K > 0:
+        img = torch.repeat_interleave(torch.arange(B, device=dev), num)            # image of each target
+        slot = torch.cat([torch.arange(c, device=dev) for c in counts])            # its index in the image
+        allb = torch.cat([b.reshape(-1, 4) for b in boxes_cxcywh]).to(dev)
+        xyxy = box_cxcywh_to_xyxy(allb.double()) * torch.tensor([W, H, W, H], dtype=torch.float64, device=dev)
+        if masks is not None:
+            m = masks.to(dev).bool()
+            single = num[img] == 1
+            region = m[img]                                                        # one target: the union mask
+            if not bool(single.all()):                                             # several: inside each box
+                multi = ~single
+                region[multi] = region[multi] & _box_raster(xyxy[multi], canvas_hw, inclusive=False)
             c = F.adaptive_avg_pool2d(region[:, None].float(), (h, w))[:, 0]
         else:
             c = box_coverage(xyxy, canvas_hw, grid_hw, inclusive=box_compat)
-        cov.append(c)
-        fractional = masks is None and box_compat
-        focus.append(c if fractional else (c > 0).float())
-    overlap = []
+        cov[img, slot] = c.to(cov.dtype)
+    focus = cov if (masks is None and box_compat) else (cov > 0).to(cov.dtype)
     HW = h * w
-    for c in cov:
-        K = c.shape[0]
-        if K == 0:
-            overlap.append(torch.full((h, w), -1.0 / HW, device=c.device))
-            continue
-        area = c.sum((1, 2), keepdim=True)
-        norm = torch.where(area > 0, c / area.clamp(min=1e-12), torch.zeros_like(c))
-        p = norm.amax(0) / K
-        npos = int((p != 0).sum())
-        if HW > npos:
-            p = torch.where(p == 0, torch.full_like(p, -1.0 / (HW - npos)), p)
-        overlap.append(p)
-    dev = cov[0].device if cov else torch.device("cpu")
-    return {"coverage": cov, "focus": focus, "overlap": torch.stack(overlap) if overlap else torch.zeros(0, h, w),
-            "num_targets": torch.tensor([c.shape[0] for c in cov], dtype=torch.long, device=dev)}
+    area = cov.sum((2, 3), keepdim=True)
+    norm = torch.where(area > 0, cov / area.clamp(min=1e-12), torch.zeros_like(cov))
+    p = norm.amax(1) / num.clamp(min=1)[:, None, None].to(cov.dtype)
+    npos = (p != 0).sum((1, 2), keepdim=True)
+    neg = torch.where(npos < HW, -1.0 / (HW - npos).clamp(min=1).to(cov.dtype), torch.zeros_like(npos, dtype=cov.dtype))
+    overlap = torch.where(p == 0, neg.expand_as(p), p)
+    overlap = torch.where((num == 0)[:, None, None], torch.full_like(overlap, -1.0 / HW), overlap)
+    return {"coverage": cov[:, :K], "focus": focus[:, :K], "overlap": overlap, "num_targets": num}
 
 
 # ------------------------------------------------------------------------------------------------ terms
@@ -199,16 +194,16 @@ def score_loss(score_map: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
     return -(overlap.to(score_map.dtype) * score_map).sum() / score_map.shape[0]
 
 
-def decoder_attention_loss(attn_maps: torch.Tensor, focus: Sequence[torch.Tensor], indices=None,
+def decoder_attention_loss(attn_maps: torch.Tensor, focus: torch.Tensor, num_targets: torch.Tensor, indices=None,
                            layer_summed: bool = False) -> torch.Tensor:
-    """attn_maps [n,B,Q,h,w]; focus B tensors [K_b,h,w]; indices: last-layer matches [(query idx, target idx)]
-    per sample (needed unless ``layer_summed`` with one query).  See the module docstring."""
+    """attn_maps [n,B,Q,h,w]; focus [B,K,h,w] and num_targets [B] (`attention_targets`); indices: last-layer
+    matches [(query idx, target idx)] per sample (needed unless ``layer_summed`` with one query)."""
     n, B, Q = attn_maps.shape[:3]
     dev = attn_maps.device
     if layer_summed and Q == 1:
         A = attn_maps.sum(0)[:, 0]                                         # [B,h,w]
-        valid = torch.tensor([f.shape[0] > 0 for f in focus], device=dev)
-        F0 = torch.stack([f[0] if f.shape[0] else torch.zeros_like(A[0]) for f in focus]).to(A.dtype)
+        valid = num_targets.to(dev) > 0
+        F0 = (focus[:, 0] if focus.shape[1] else torch.zeros_like(A)).to(A.dtype)
         S = A.sum((1, 2))
         inside = (A * F0).sum((1, 2))
         ratio = torch.where(valid, (S - inside) / (inside + RATIO_EPS), torch.zeros_like(S))
@@ -218,7 +213,7 @@ def decoder_attention_loss(attn_maps: torch.Tensor, focus: Sequence[torch.Tensor
     norm = max(dist.all_reduce_mean(pairs).item(), 1.0)
     if image.numel() == 0:
         return attn_maps.sum() * 0.0
-    Fm = torch.stack([focus[int(b)][int(k)] for b, k in zip(image.tolist(), tgt.tolist())]).to(attn_maps.dtype)
+    Fm = focus.to(dev)[image, tgt].to(attn_maps.dtype)
     A = attn_maps[:, image, query]                                         # [n,P,h,w]
     S = A.sum((2, 3))
     inside = (A * Fm[None]).sum((2, 3))
@@ -305,7 +300,8 @@ class ALVGCriterion(nn.Module):
             score = outputs.get("score_map")
             raw["score_attention_loss"] = score_loss(score, at["overlap"].to(score.device)) if score is not None else zero
             raw["decoder_attention_loss"] = decoder_attention_loss(
-                attn, at["focus"], last_idx, self.compat["decoder_attn_loss_layer_summed_ratio"])
+                attn, at["focus"].to(attn.device), at["num_targets"], last_idx,
+                self.compat["decoder_attn_loss_layer_summed_ratio"])
         else:
             raw["score_attention_loss"], raw["decoder_attention_loss"] = zero, zero
         weighted = {k: self.weight_of(k) * v for k, v in raw.items()}

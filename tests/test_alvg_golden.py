@@ -378,7 +378,8 @@ def produce(r: dict, names) -> dict:
         if name == "attn_overlap_maps":
             return tg["overlap"]
         if name == "attn_focus_maps":  # the first target's focus map (one query: the map the loss reads)
-            return torch.stack([f[0] if len(f) else torch.zeros_like(tg["overlap"][0]) for f in tg["focus"]])
+            f = tg["focus"]
+            return f[:, 0] if f.shape[1] else torch.zeros_like(tg["overlap"])
         m = _LOSS.match(name)
         if m:
             return loss[m.group(1)][m.group(2)]

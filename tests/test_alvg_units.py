@@ -52,8 +52,9 @@ def test_overlap_map_positives_sum_to_one_negatives_to_minus_one():
     assert O[0][O[0] > 0].sum().item() == pytest.approx(1.0) and O[0][O[0] < 0].sum().item() == pytest.approx(-1.0)
     assert O[1][O[1] > 0].sum().item() == pytest.approx(1.0, abs=0.3)  # max over 2 targets, / 2
     assert torch.allclose(O[2], torch.full((8, 8), -1 / 64))
-    assert [f.shape[0] for f in t["focus"]] == [1, 2, 0]
-    assert set(t["focus"][0].unique().tolist()) <= {0.0, 1.0}  # mask focus maps are binary
+    assert t["num_targets"].tolist() == [1, 2, 0] and t["focus"].shape == (3, 2, 8, 8)
+    assert t["focus"][2].abs().sum() == 0 and t["focus"][0, 1].abs().sum() == 0  # rows past K_b are zero
+    assert set(t["focus"].unique().tolist()) <= {0.0, 1.0}  # mask focus maps are binary
     # box targets: the focus map stays fractional with the compat switch, binary without
     tb = attention_targets(boxes[:1], None, (H, W), (8, 8), box_compat=True)
     assert ((tb["focus"][0] > 0) & (tb["focus"][0] < 1)).any()
@@ -65,14 +66,15 @@ def test_decoder_loss_layer_summed_vs_per_pair():
     torch.manual_seed(0)
     A = torch.rand(3, 2, 1, 4, 4)
     A = A / A.sum((-1, -2), keepdim=True)
-    focus = [torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)]
-    focus[0][0, :2] = 1
-    focus[1][0, :, :1] = 1
+    focus = torch.zeros(2, 1, 4, 4)
+    focus[0, 0, :2] = 1
+    focus[1, 0, :, :1] = 1
+    num = torch.tensor([1, 1])
     idx = [(torch.tensor([0]), torch.tensor([0]))] * 2
-    summed = decoder_attention_loss(A, focus, idx, layer_summed=True)
+    summed = decoder_attention_loss(A, focus, num, idx, layer_summed=True)
     S, inside = A.sum(0)[:, 0].sum((1, 2)), (A.sum(0)[:, 0] * torch.stack([f[0] for f in focus])).sum((1, 2))
     assert summed.item() == pytest.approx(((S - inside) / (inside + 0.001)).sum().item() / 6)
-    per = decoder_attention_loss(A, focus, idx, layer_summed=False)
+    per = decoder_attention_loss(A, focus, num, idx, layer_summed=False)
     ref = sum(((A[l, b, 0].sum() - (A[l, b, 0] * focus[b][0]).sum()) / ((A[l, b, 0] * focus[b][0]).sum() + 0.001))
               for l in range(3) for b in range(2)) / 6
     assert per.item() == pytest.approx(ref.item(), rel=1e-6)
@@ -80,7 +82,7 @@ def test_decoder_loss_layer_summed_vs_per_pair():
     B = torch.zeros(3, 2, 1, 4, 4)
     B[:, 0, 0, 0, 0] = 1
     B[:, 1, 0, 3, 0] = 1
-    assert decoder_attention_loss(B, focus, idx, layer_summed=True).item() == pytest.approx(0.0)
+    assert decoder_attention_loss(B, focus, num, idx, layer_summed=True).item() == pytest.approx(0.0)
 
 
 def test_mask_target_truncation_erodes():
