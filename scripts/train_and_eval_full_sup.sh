@@ -4,6 +4,7 @@
 #   simvg  SimVG README row "SimVG (ViT-L/32, DB)" single-dataset, and the ViT-B one-stage recipe
 #   vglaw  VG-LAW README rows (ViT-B multi-task REC + RES: RefCOCO, RefCOCO+, RefCOCOg-umd, RefClef)
 #   resvg  ResVG README row (ResNet-50 + BERT-base) on RefCOCO/+/g, ReferItGame and Flickr30K
+#   alvg   ALVG single-dataset recipes, ViT-B/32 (incl. gRefCOCO) and ViT-L/32 (no published numbers)
 # (pre-training rows - HiVG mixup, SimVG pre-train/fine-tune/distill - have their own scripts under
 # scripts/<method>/.)
 #
@@ -23,6 +24,8 @@ RUNS=(
     "simvg simvg/train_onestage_base.sh"
     "vglaw vglaw/train_multitask.sh"
     "resvg resvg/train_r50.sh"
+    "alvg  alvg/train_single_base.sh"
+    "alvg  alvg/train_single_large.sh"
 )
 
 known=()

@@ -120,7 +120,7 @@ def test_dry_run_prints_launch_commands(path, tmp_path):
         if "torch.distributed.launch" in cmd:
             assert "--use_env" in cmd and any(c.startswith("--nproc_per_node=") for c in cmd), cmd
     if rel == "train_and_eval_full_sup.sh":
-        expected = {f"{m}/train.py" for m in ("hivg", "simvg", "vglaw", "resvg")}
+        expected = {f"{m}/train.py" for m in ("hivg", "simvg", "vglaw", "resvg", "alvg")}
     else:
         method = rel.split("/")[0]
         expected = {f"{method}/eval.py" if path.name.startswith("eval") else f"{method}/train.py"}
