@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgcore.models.mlp import MLP
+from vgcore.models.precision import fp32
 from vgcore.models.position import sine_position_2d
 
 from .clip_tower import MLP2, TextTower, VisionTower
@@ -265,7 +266,7 @@ class HiVG(nn.Module):
                              f"{self.vl_pos_embed.shape[0]} (input size must be {cfg.image_size})")
         hs = self.fusion(vl_src, vl_mask, self.vl_pos_embed[None])
         reg = hs[:, 0]
-        pred_boxes = self.bbox_head(reg).sigmoid()
+        pred_boxes = fp32(lambda r: self.bbox_head(r).sigmoid(), reg)  # float32 under --amp
 
         logit_scale = self.logit_scale.exp()
         t_n = F.normalize(text_eos_embed, dim=-1)
