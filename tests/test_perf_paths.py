@@ -111,3 +111,37 @@ def test_checkpoint_blocks_collects_hidden_states():
     g1, = torch.autograd.grad(y.sum(), x)
     g2, = torch.autograd.grad(ref.sum(), x)
     torch.testing.assert_close(g1, g2)
+
+
+def test_hivg_grad_ckpt_same_gradients_and_towers_covered():
+    from hivg.loss import HiVGCriterion
+    from hivg.model import build_model
+    torch.manual_seed(0)
+    model = build_model("hivg-tiny")
+    model.cfg.fusion_dropout = 0.0
+    names = set_grad_ckpt(model, False)
+    assert set(names) == {"text", "vision"}
+    model.train()
+    B, S = 2, model.cfg.image_size
+    img, mask = torch.randn(B, 3, S, S), torch.zeros(B, S, S, dtype=torch.bool)
+    ids = torch.zeros(B, model.cfg.context_length, dtype=torch.long)
+    ids[:, 0], ids[:, 1:4], ids[:, 4] = 49406, 500, 49407
+
+    class _B:  # the fields the criterion reads
+        boxes = torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.4, 0.6, 0.2, 0.2]])
+        pixel_mask = mask
+        images = img
+        masks = None
+
+    runs = []
+    for on in (False, True):
+        set_grad_ckpt(model, on)
+        model.zero_grad()
+        torch.manual_seed(3)
+        loss = HiVGCriterion()(model.forward_tensors(img, mask, ids), _B)["loss"]
+        loss.backward()
+        runs.append((loss.detach(), _grads(model)))
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    assert runs[0][1].keys() == runs[1][1].keys()
+    for n, g in runs[0][1].items():
+        torch.testing.assert_close(runs[1][1][n], g, atol=1e-5, rtol=1e-4, msg=n)
