@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vgcore.models.checkpointing import checkpoint_blocks
 from vgcore.models.mlp import MLP
 from vgcore.models.precision import fp32
 from vgcore.models.position import sine_position_2d
@@ -105,14 +106,14 @@ class FusionEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(FusionLayer(dim, heads, ffn, dropout, pre_norm) for _ in range(layers))
         self.norm = nn.LayerNorm(dim) if pre_norm else None
+        self.grad_ckpt = False  # activation checkpointing per layer (--grad_ckpt)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         keep = (~pad_mask)[:, None, None, :]  # [B,1,1,L] True = attend
-        for layer in self.layers:
-            x = layer(x, pos, keep)
+        x = checkpoint_blocks(self.layers, x, pos, keep, enabled=self.grad_ckpt)
         return self.norm(x) if self.norm is not None else x
 
 

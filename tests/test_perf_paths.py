@@ -120,7 +120,7 @@ def test_hivg_grad_ckpt_same_gradients_and_towers_covered():
     model = build_model("hivg-tiny")
     model.cfg.fusion_dropout = 0.0
     names = set_grad_ckpt(model, False)
-    assert set(names) == {"text", "vision"}
+    assert set(names) == {"text", "vision", "fusion"}
     model.train()
     B, S = 2, model.cfg.image_size
     img, mask = torch.randn(B, 3, S, S), torch.zeros(B, S, S, dtype=torch.bool)

@@ -124,8 +124,10 @@ def reuse_memory() -> bool:
 
 
 def _track_memory() -> bool:
-    """Every block of >= 128 KiB mmap'd and unmapped on free (no dynamic threshold): RSS follows live tensors."""
-    return _mallopt(_M_MMAP_THRESHOLD, 128 * 1024) and _mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    """Every block of >= 128 KiB mmap'd and unmapped on free (no dynamic threshold, mmap on even when the
+    process started with ``MALLOC_MMAP_MAX_=0``): the resident set follows the live tensors."""
+    return (_mallopt(_M_MMAP_MAX, 65536) and _mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+            and _mallopt(_M_TRIM_THRESHOLD, 128 * 1024))
 
 
 def _status_mb(key: str) -> float:
@@ -151,15 +153,19 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(case: Case, mode: str, path: BenchPath, device: str, iters: int = 5, warmup: int = 1) -> dict:
-    """Run ``case`` on ``path`` (in this process; see the module docstring) and return its figures."""
+def measure(case: Case, mode: str, path: BenchPath, device: str, iters: int = 5, warmup: int = 1,
+            allocator: bool = False) -> dict:
+    """Run ``case`` on ``path`` (in this process; see the module docstring) and return its figures.
+
+    ``allocator``: this process may change glibc's settings (the bench workers): CPU peak memory is then
+    measured and the timed steps reuse memory; otherwise the CPU ``peak_mb`` is NaN."""
     from .engine import autocast_context, build_grad_scaler, check_amp, float_outputs
     from .speed import compile_model, enable_grad_ckpt
 
     dev = torch.device(device)
     check_amp(path.amp, dev)
     cuda = dev.type == "cuda"
-    tracked = not cuda and _track_memory()
+    tracked = allocator and not cuda and _track_memory()
     model = case.model
     train = mode == "train"
     if path.grad_ckpt:
@@ -215,7 +221,7 @@ def measure(case: Case, mode: str, path: BenchPath, device: str, iters: int = 5,
         if tracked and _reset_peak_rss():
             step()
             peak = _status_mb("VmHWM") - base
-    if not cuda:
+    if allocator and not cuda:
         reuse_memory()
         step()  # the heap grows to its working size once
     sync()
@@ -225,7 +231,7 @@ def measure(case: Case, mode: str, path: BenchPath, device: str, iters: int = 5,
     sync()
     dt = (time.perf_counter() - t0) / iters
     cpu = (_cpu_s() - c0) / iters
-    return {"mode": mode, "path": path.name, "ms_per_step": round(dt * 1000, 1),
+    return {"mode": mode, "path": path.name, "ms_per_step": round(dt * 1000, 3),
             "images_per_s": round(case.images / dt, 3), "peak_mb": round(peak, 1),
             "cpu_ms_per_step": round(cpu * 1000, 1), "compile_s": round(max(first - dt, 0.0), 1) if path.compile else None,
             "threads": torch.get_num_threads(), "device": str(dev), "label": case.label}
@@ -310,7 +316,8 @@ def main(method: str, make_case: Callable[[str, str, argparse.Namespace], Case],
         else:
             torch.manual_seed(0)
             iters, warmup = (1, 1) if a.quick else (a.iters, a.warmup)
-            r = measure(make_case(what, device, a), what, PATHS[name], device, iters=iters, warmup=warmup)
+            r = measure(make_case(what, device, a), what, PATHS[name], device, iters=iters, warmup=warmup,
+                        allocator=not a.system_malloc)
         print(json.dumps(r))
         return [r]
     script = script or os.path.abspath(sys.argv[0])
