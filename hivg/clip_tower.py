@@ -5,7 +5,8 @@ written on ``F.scaled_dot_product_attention``.  All q/k/v/out projections are `L
 
 Hidden-state indexing follows HF: ``hidden[0]`` = embeddings (after ``ln_pre`` for vision), ``hidden[i]`` =
 output of 0-based block ``i-1``.  The text states fed to the bridge are raw residual-stream states (no
-final LayerNorm).  Tensors are batch-first: [B, T, D].
+final LayerNorm).  Tensors are batch-first: [B, T, D].  ``grad_ckpt = True`` on a tower (``--grad_ckpt``)
+recomputes each block in the backward pass instead of keeping its activations.
 
 Bridge (block l in ``bridge_layers``), applied between the self-attention and the MLP of the block:
     r = x;  h = norm(x)
@@ -22,6 +23,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vgcore.models.checkpointing import checkpoint_blocks
 
 from .lora import LoRALinear
 
@@ -133,15 +136,14 @@ class TextTower(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_dim, lora_rank, lora_alpha, lora_dropout)
                                     for _ in range(layers))
         self.ln_final = nn.LayerNorm(width, eps=1e-5)
+        self.grad_ckpt = False  # activation checkpointing per block (--grad_ckpt)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor):
         """ids [B, T] -> (hidden_states list of L+1 [B,T,Dt], last [B,T,Dt] after ln_final, pooled [B,Dt])."""
-        x = self.token_embedding(ids) + self.pos_embed[: ids.shape[1]]
-        hidden = [x]
-        for blk in self.blocks:
-            x = blk(x, is_causal=True)
-            hidden.append(x)
+        x0 = self.token_embedding(ids) + self.pos_embed[: ids.shape[1]]
+        x, hidden = checkpoint_blocks(self.blocks, x0, enabled=self.grad_ckpt, collect=True, is_causal=True)
+        hidden = [x0] + hidden
         last = self.ln_final(x)
         pooled = last[torch.arange(ids.shape[0], device=ids.device), ids.argmax(dim=-1)]
         return hidden, last, pooled
@@ -170,6 +172,7 @@ class VisionTower(nn.Module):
                                 lora_dropout=lora_dropout) if i in bridge_layers else None)
             for i in range(layers))
         self.ln_post = nn.LayerNorm(width, eps=1e-5)
+        self.grad_ckpt = False  # activation checkpointing per block (--grad_ckpt)
 
     def position_embedding(self, h: int, w: int) -> torch.Tensor:
         """[1 + h*w, D]; the patch table is resized bicubically (antialias) when the grid differs."""
@@ -189,9 +192,7 @@ class VisionTower(nn.Module):
         B, D, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([self.class_embedding.to(x.dtype).expand(B, 1, D), x], 1) + self.position_embedding(h, w)
-        x = self.ln_pre(x)
-        hidden = [x]
-        for blk in self.blocks:
-            x = blk(x, text_states=text_states, batch_mixing=batch_mixing)
-            hidden.append(x)
-        return hidden, self.ln_post(x[:, 0])
+        x0 = self.ln_pre(x)
+        x, hidden = checkpoint_blocks(self.blocks, x0, enabled=self.grad_ckpt, collect=True, text_states=text_states,
+                                      batch_mixing=batch_mixing)
+        return [x0] + hidden, self.ln_post(x[:, 0])

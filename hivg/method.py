@@ -12,6 +12,7 @@ from hivg.model import HiVG, build_model
 from hivg.recipes import add_eval_args, add_model_args, add_train_args, build_hivg, model_config_from_args
 from hivg.weights import load_pretrained
 from vgcore.checkpoint import load_strict
+from vgcore import cli
 from vgcore.data.build import SKIP_HINT, box_options, load_split, split_file, target_policy
 from vgcore.data.checks import require_single_target
 from vgcore.data.transforms import build_transforms
@@ -30,6 +31,7 @@ def add_args(parser: argparse.ArgumentParser, mode: str) -> None:
         add_train_args(parser)
     else:
         add_eval_args(parser)
+    cli.add_speed_args(parser, only=None if mode == "train" else ("compile",))
 
 
 def build(args, logger):

@@ -12,6 +12,10 @@ Forward (official `models/HiVG.py::HiVG.forward`, re-derived):
   aux: logits_per_text = exp(logit_scale) * norm(text_eos) @ norm(img_cls)^T;
        visu_token_similarity = token_mlp(token_norm(fused patches)) . norm(fused text at EOT)  [B,N];
        seg_mask = 3 x ConvTranspose2d(k2,s2) on the fused patch grid . norm(fused EOT)  [B,1,8g,8g].
+       Computed as one contraction (`seg_mask_from_patches`): the three bias-free stride-2 kernels and the EOT
+       vector compose into one per-sample 8x8 stride-8 kernel with a single output channel (the same linear map;
+       exact in exact arithmetic), instead of upsampling all channels to 8g x 8g first.  The parameters stay the
+       three convolutions ``seg_upsample.{0,1,2}.weight``.
 
 Masks: ``img_mask`` True/1 = padding; ``visu_mask`` = round(antialiased bilinear resize of the pixel mask to
 the patch grid) (torchvision ``Resize`` on the int mask, as the official code); text padding = ids == 0.
@@ -24,14 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vgcore.models.checkpointing import checkpoint_blocks
 from vgcore.models.mlp import MLP
+from vgcore.models.precision import fp32
 from vgcore.models.position import sine_position_2d
 
 from .clip_tower import MLP2, TextTower, VisionTower
 from .config import HiVGConfig, PRESETS, config_from_any
 from .lora import merge_lora
 
-__all__ = ["HiVG", "build_model", "FusionEncoder", "PRESETS", "HiVGConfig", "pixel_mask_to_patches"]
+__all__ = ["HiVG", "build_model", "FusionEncoder", "PRESETS", "HiVGConfig", "pixel_mask_to_patches",
+           "seg_mask_from_patches"]
 
 
 def pixel_mask_to_patches(img_mask: torch.Tensor, grid: int) -> torch.Tensor:
@@ -39,6 +46,23 @@ def pixel_mask_to_patches(img_mask: torch.Tensor, grid: int) -> torch.Tensor:
     m = F.interpolate(img_mask[:, None].float(), size=(grid, grid), mode="bilinear", align_corners=False,
                       antialias=True)
     return m.round().bool().flatten(1)
+
+
+def seg_mask_from_patches(patches: torch.Tensor, kernels, vec: torch.Tensor) -> torch.Tensor:
+    """``einsum("bchw,bc->bhw", up(patches), vec)`` where ``up`` is a chain of bias-free ConvTranspose2d with
+    kernel = stride = 2 (weights ``kernels``, each [C_in, C_out, 2, 2]), without materialising ``up(patches)``.
+
+    patches [B, C, g, g], vec [B, C_last] -> [B, 1, g * 2^n, g * 2^n].  The vector is pushed back through the
+    kernels (last first) into a per-sample [C, s, s] kernel (s = 2^n), applied with stride s: output pixel
+    (s*y + r, s*x + c) = sum_ch patches[b, ch, y, x] * K[b, ch, r, c]."""
+    B, C, g, _ = patches.shape
+    k = vec[:, :, None, None]  # [B, C_last, 1, 1]: the 1x1 "kernel" of the channel contraction
+    for w in reversed(list(kernels)):  # w [Ci, Co, 2, 2]; k [B, Co, s, s] -> [B, Ci, 2s, 2s]
+        s = k.shape[-1]
+        k = torch.einsum("ijpq,bjrs->biprqs", w.to(k.dtype), k).reshape(B, w.shape[0], 2 * s, 2 * s)
+    s = k.shape[-1]
+    out = torch.einsum("bcyx,bcrs->byrxs", patches.to(k.dtype), k)
+    return out.reshape(B, 1, g * s, g * s)
 
 
 class FusionLayer(nn.Module):
@@ -82,14 +106,14 @@ class FusionEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(FusionLayer(dim, heads, ffn, dropout, pre_norm) for _ in range(layers))
         self.norm = nn.LayerNorm(dim) if pre_norm else None
+        self.grad_ckpt = False  # activation checkpointing per layer (--grad_ckpt)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         keep = (~pad_mask)[:, None, None, :]  # [B,1,1,L] True = attend
-        for layer in self.layers:
-            x = layer(x, pos, keep)
+        x = checkpoint_blocks(self.layers, x, pos, keep, enabled=self.grad_ckpt)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -243,7 +267,7 @@ class HiVG(nn.Module):
                              f"{self.vl_pos_embed.shape[0]} (input size must be {cfg.image_size})")
         hs = self.fusion(vl_src, vl_mask, self.vl_pos_embed[None])
         reg = hs[:, 0]
-        pred_boxes = self.bbox_head(reg).sigmoid()
+        pred_boxes = fp32(lambda r: self.bbox_head(r).sigmoid(), reg)  # float32 under --amp
 
         logit_scale = self.logit_scale.exp()
         t_n = F.normalize(text_eos_embed, dim=-1)
@@ -255,8 +279,8 @@ class HiVG(nn.Module):
         eos = text_hs[torch.arange(B, device=hs.device), text_ids.argmax(dim=-1)]
         eos = eos / eos.norm(dim=-1, keepdim=True)
         visu_token_similarity = (self.visu_token_mlp(self.visu_token_norm(patches)) * eos[:, None]).sum(-1)
-        seg = self.seg_upsample(patches.transpose(1, 2).reshape(B, -1, grid, grid))
-        seg_mask = torch.einsum("bchw,bc->bhw", seg, eos)[:, None]
+        seg_mask = seg_mask_from_patches(patches.transpose(1, 2).reshape(B, -1, grid, grid),
+                                         [m.weight for m in self.seg_upsample], eos)
 
         return {
             "pred_boxes": pred_boxes,

@@ -1,120 +1,103 @@
-"""HiVG speed and memory: forward+backward time per training step and inference images/s.
+"""HiVG speed and memory: training step and inference, fp32 eager and every fast path, in one run.
 
-    python scripts/bench_hivg.py [--model ViT-B/16] [--batch 8] [--imsize 224] [--device cpu|cuda] [--quick]
+    python scripts/bench_hivg.py [--model ViT-B/16] [--batch 8] [--stage 0] [--device cpu|cuda] [--json] [--quick]
 
-Each measurement runs in its own subprocess so that peak memory is per mode: on CUDA
-``torch.cuda.max_memory_allocated``; on the CPU the process's peak resident set size (ru_maxrss) minus the
-resident size after building the model (i.e. what the step itself needs on top of the weights).
-Training uses the official warm-up trainable set (CLIP frozen, bridges + heads trained), all losses on,
-random weights (speed does not depend on their values) and random inputs of the right shapes.
+Figures (vgcore.bench): fp32 eager (the reference), bf16 autocast, torch.compile, both, and activation
+checkpointing for training; ms/step, images/s, peak memory of a step; and the data loader's images/s per
+worker for the training pipeline at 224 px (the official augmentations: --aug_crop --aug_scale --aug_translate)
+on synthetic JPEG scenes.  Training: the official warm-up trainable set (Hi LoRA stage 0: CLIP frozen, bridges
+and heads trained), every loss term on, the optimizer of hivg/train.py (fused AdamW), random weights (speed does
+not depend on their values) and random inputs of the right shapes.  ``--json``: one JSON line per figure.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+MODES = ("train", "infer")
 
 
-def worker(a) -> dict:
+def add_args(p):
+    p.add_argument("--model", default="ViT-B/16", choices=["ViT-B/16", "ViT-L/14", "tiny"],
+                   help="tiny: the CPU test preset (a smoke test of the benchmark itself)")
+    p.add_argument("--imsize", type=int, default=None, help="default: the model's (224; tiny 128)")
+    p.add_argument("--stage", type=int, default=0, help="Hi LoRA stage (trainable set)")
+
+
+def _config(a):
+    from hivg.config import config_from_any
+    if a.model == "tiny":
+        return config_from_any("hivg-tiny", hi_lora_stage=a.stage)
+    return config_from_any({"model": a.model, "dataset": "unc", "enable_adaptive_weights": True,
+                            "normalize_before": True, "imsize": _imsize(a), "hi_lora_stage": a.stage})
+
+
+def _imsize(a) -> int:
+    return a.imsize or (128 if a.model == "tiny" else 224)
+
+
+def _train_args(extra=()):
+    import hivg.method as method
+    from vgcore.method import train_parser
+    return train_parser(method).parse_args(list(extra))
+
+
+def make_case(mode, device, a):
     import torch
 
+    import hivg.method as method
     from hivg.loss import HiVGCriterion
     from hivg.model import build_model
+    from vgcore.bench import Case
     from vgcore.data.sample import Batch
 
-    dev = torch.device(a.device)
-    torch.manual_seed(0)
-    model = build_model({"model": a.model, "dataset": "unc", "enable_adaptive_weights": True, "normalize_before": True,
-                         "imsize": a.imsize, "hi_lora_stage": a.stage}).to(dev)
-    B, S = a.batch, a.imsize
+    model = build_model(_config(a)).to(device)
+    B, S = a.batch, model.cfg.image_size
     ids = torch.zeros(B, 77, dtype=torch.long)
     ids[:, 0], ids[:, 1:9], ids[:, 9] = 49406, torch.randint(300, 40000, (B, 8)), 49407
     boxes = torch.rand(B, 4) * 0.4 + 0.3
     batch = Batch(images=torch.randn(B, 3, S, S), pixel_mask=torch.zeros(B, S, S, dtype=torch.bool), text_ids=ids,
                   text_mask=ids != 0, boxes=boxes, target_boxes=[b[None] for b in boxes],
                   num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
-                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B).to(dev)
-    crit = HiVGCriterion()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-5)
-    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    base = _rss_mb()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if a.amp == "bf16" else torch.autocast(dev.type, enabled=False)
-    iters = 2 if a.quick else a.iters
-    if a.mode == "train":
-        model.train()
+                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B).to(device)
+    args = _train_args()
+    crit = HiVGCriterion(args)
+    return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b),
+                loss=lambda out, b: crit(out, b)["loss"],
+                optimizer=lambda m: method.build_optimizer(args, m, 1)[0], clip_max_norm=args.clip_max_norm,
+                label=f"HiVG {a.model} {S}px stage {a.stage}")
 
-        def step():
-            with amp:
-                loss = crit(model(batch), batch)["loss"]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    else:
-        model.eval()
 
-        def step():
-            with torch.no_grad(), amp:
-                model(batch)
-    step()  # warm-up
-    sync()
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync()
-    dt = (time.perf_counter() - t) / iters
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
-    return {"mode": a.mode, "model": a.model, "device": a.device, "batch": B, "imsize": S, "amp": a.amp,
-            "sec_per_step": dt, "images_per_s": B / dt, "peak_mem_mb": peak,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads()}
+def make_loader(a):
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
+
+    import hivg.method as method
+    from vgcore.bench import LoaderCase
+    from vgcore.data.dataset import Collate, GroundingDataset
+    from vgcore.synthetic.scenes import generate
+
+    tmp = tempfile.mkdtemp(prefix="bench_hivg_data_")
+    n = max(a.batch * a.loader_batches, a.batch)
+    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("transvg",), image_format="jpg", verbose=False,
+             tokenizers=False)
+    args = _train_args(["--split_root", f"{tmp}/split/data", "--image_root", f"{tmp}/images", "--dataset", "unc",
+                        "--imsize", str(_imsize(a)), "--aug_crop", "--aug_scale", "--aug_translate"])
+    stub = SimpleNamespace(cfg=_config(a))
+    transform, tokenizer = method.pipeline(args, stub, True)
+    ds = GroundingDataset(method.records(args, "train", True), transform, tokenizer=tokenizer)
+    return LoaderCase(ds, Collate(tokenizer), a.batch, label=f"HiVG train pipeline {_imsize(a)}px, synthetic JPEG",
+                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="ViT-B/16", choices=["ViT-B/16", "ViT-L/14"])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--imsize", type=int, default=224)
-    ap.add_argument("--stage", type=int, default=0)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--amp", default="none", choices=["none", "bf16"])
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    if a.mode:  # subprocess
-        print(json.dumps(worker(a)))
-        return
-    import torch
-
-    devices = [a.device] if a.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    rows = []
-    for dev in devices:
-        for mode in ("train", "infer"):
-            cmd = [sys.executable, __file__, "--mode", mode, "--device", dev, "--model", a.model, "--batch",
-                   str(a.batch), "--imsize", str(a.imsize), "--stage", str(a.stage), "--amp", a.amp,
-                   "--iters", str(a.iters)] + (["--quick"] if a.quick else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"HiVG {a.model}, batch {a.batch}, {a.imsize}px, Hi LoRA stage {a.stage}, amp {a.amp}")
-    for r in rows:
-        what = "fwd+bwd" if r["mode"] == "train" else "inference"
-        print(f"  {r['device']:>4} {what:>9}: {r['sec_per_step'] * 1000:8.1f} ms/step  {r['images_per_s']:7.1f} images/s  "
-              f"peak memory {r['peak_mem_mb']:7.0f} MB  ({r['threads']} threads)")
-    print(json.dumps(rows))
+    from vgcore import bench
+    return bench.main("hivg", make_case, MODES, argv, make_loader=make_loader, add_args=add_args,
+                      description=__doc__.split("\n")[0], defaults={"batch": 8}, script=__file__)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@
 # CLS see its own text: a shortcut) and the two focal terms at weight 1 instead of 20 (they swamp the box
 # terms in the shared weights of a random-init model); the tiny preset (width 64, 4 fusion layers) uses sine
 # position tables.  Measured on 2 cores: see hivg/README.md, "Quickstart".
-# Usage: bash scripts/quickstart.sh [--dry-run]
+# Usage: bash scripts/quickstart.sh [--dry-run] [TRAIN_FLAGS...]
+#   TRAIN_FLAGS go to hivg/train.py (e.g. --amp bf16, --compile, --grad_ckpt); EVAL_FLAGS (env) to hivg/eval.py.
 #   env: OUT (default ./outputs/quickstart), EPOCHS (8), NUM_TRAIN (6000), PRETRAIN_STEPS (image tower, 3000),
 #   TEXT_STEPS (text tower, 400; 0 leaves it at its random init), TRAIN_CLIP (none: both towers frozen, as
 #   the official stage 0; text / vision / all train them too), SCENE_FLAGS, SEED (model init and data order of
@@ -56,9 +57,11 @@ run "$PYTHON" hivg/pretrain_tiny.py "${MODEL_FLAGS[@]}" --steps "$PRETRAIN_STEPS
     --split_root "$DATA/split/data" --image_root "$DATA/images" \
     --batch_size "$BATCH" --lr 1e-3 --epochs "$EPOCHS" --lr_scheduler cosine --lr_interval step --warmup_steps 50 \
     --vl_dropout 0 --use_rtcc_constrain_loss --use_mask_loss --align_focal_coef 1 --seg_focal_coef 1 \
-    --device "$QS_DEVICE" --num_workers 0 --log_every 20 --output_dir "$OUT/hivg" --overwrite
+    --device "$QS_DEVICE" --num_workers 0 --log_every 20 --output_dir "$OUT/hivg" --overwrite \
+    "${VG_ARGS[@]+"${VG_ARGS[@]}"}"
+read -r -a EVAL_EXTRA <<< "${EVAL_FLAGS:-}"
 run "$PYTHON" hivg/eval.py --eval_model "$OUT/hivg/best_checkpoint.pth" --eval_set val --dataset unc \
     --split_root "$DATA/split/data" --image_root "$DATA/images" --device "$QS_DEVICE" --num_workers 1 \
-    --vis 16 --output_dir "$OUT/hivg"
+    --vis 16 --output_dir "$OUT/hivg" "${EVAL_EXTRA[@]+"${EVAL_EXTRA[@]}"}"
 run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --metrics "$OUT/hivg/eval_unc_val.json" \
     --out "$OUT/quickstart_metrics.json"

@@ -14,6 +14,7 @@ Data flow (as in the official code):
   TB: token_mlp(c + query) -> class_embed_token / bbox_embed_token (+ sigmoid)
   DB: zeros [B,Q,C] attend to x (key_pos = 2-D sine) through a 3-layer post-norm decoder; every layer output
       goes through the shared final LayerNorm -> class_embed_decoder / bbox_embed_decoder (+ sigmoid).
+  The class / box layers run in float32 under ``--amp`` (`vgcore.models.precision.fp32`).
 
 Compat switches (official behaviour, needed for released checkpoints; off by default):
 * ``text_maxpool_int64_mask``: pool(T) is max(T[L-1], T[L-2]) if the sample has padding, else T[L-1]
@@ -30,6 +31,7 @@ from torch import nn
 
 from vgcore.models.detr import DetrDecoder
 from vgcore.models.mlp import MLP
+from vgcore.models.precision import fp32
 from vgcore.models.position import sine_position_1d, sine_position_2d
 
 __all__ = ["SimVGHead", "pool_text"]
@@ -114,8 +116,7 @@ class SimVGHead(nn.Module):
         if branch in ("both", "token"):
             tok = query + c
             feats = self.token_mlp(tok) if self.token_mlp is not None else tok[None]
-            logits = self.class_embed_token(feats)
-            boxes = self.bbox_embed_token(feats).sigmoid()
+            logits, boxes = fp32(lambda f: (self.class_embed_token(f), self.bbox_embed_token(f).sigmoid()), feats)
             out["token_logits"], out["token_boxes"] = logits[-1], boxes[-1]
             if return_intermediates:
                 inter["token_features"] = feats
@@ -125,8 +126,7 @@ class SimVGHead(nn.Module):
             memory = x.flatten(2).transpose(1, 2)
             hs = self.decoder(torch.zeros_like(query), memory, query_pos=query,
                               key_pos=pos.flatten(2).transpose(1, 2), memory_padding_mask=img_mask.flatten(1))
-            logits = self.class_embed_decoder(hs)
-            boxes = self.bbox_embed_decoder(hs).sigmoid()
+            logits, boxes = fp32(lambda h: (self.class_embed_decoder(h), self.bbox_embed_decoder(h).sigmoid()), hs)
             out["decoder_logits"], out["decoder_boxes"] = logits, boxes
             if return_intermediates:
                 inter.update(decoder_hidden_states=hs, pos_embed_2d=pos, img_mask=img_mask)

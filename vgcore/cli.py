@@ -20,8 +20,8 @@ import argparse
 import sys
 from typing import Any, Dict, Iterable, Optional
 
-__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_accepted_args", "str2bool",
-           "set_help"]
+__all__ = ["add_data_args", "add_optim_args", "add_dist_args", "add_logging_args", "add_speed_args",
+           "add_accepted_args", "str2bool", "set_help"]
 
 
 def str2bool(v) -> bool:
@@ -157,6 +157,22 @@ def add_logging_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), 
                                                                   help="accept a --batch_size / --lr / --accum_steps that differs from the resumed run's")),
     }
     _apply(g, specs, defaults, "add_logging_args", skip, only)
+    return g
+
+
+def add_speed_args(parser: argparse.ArgumentParser, skip: Iterable[str] = (), only: Optional[Iterable[str]] = None,
+                   **defaults) -> argparse._ArgumentGroup:
+    """``--compile`` and ``--grad_ckpt`` (`vgcore.speed`); ``--amp`` is in the optimisation group."""
+    g = parser.add_argument_group("speed / memory")
+    specs = {
+        "compile": (["--compile"], dict(action="store_true",
+                                        help="torch.compile the model forward (the first batches include the "
+                                             "compilation time)")),
+        "grad_ckpt": (["--grad_ckpt"], dict(action="store_true",
+                                            help="training: activation checkpointing per backbone block (less "
+                                                 "memory, about one extra backbone forward per step)")),
+    }
+    _apply(g, specs, defaults, "add_speed_args", skip, only)
     return g
 
 

@@ -7,6 +7,8 @@ with ``.to(device)`` and ``len()`` works).
 `train_one_epoch`
 -----------------
 * AMP: ``amp`` in {"none", "bf16", "fp16"}; fp16 needs a ``torch.amp.GradScaler`` (`build_grad_scaler`).
+  Only the model's forward runs under autocast: its outputs are cast back to float32 (`float_outputs`) and the
+  criterion (losses, matching), the box decoding of the post-processing and the metrics run in float32.
 * Gradient accumulation over ``accum_steps`` batches: each batch's loss is divided by ``accum_steps``;
   DDP gradient sync is skipped (``no_sync``) on all but the last batch of a group.  A trailing partial group
   at the end of the epoch still steps (with its gradient divided by ``accum_steps``).
@@ -55,7 +57,8 @@ import torch
 
 from . import dist
 
-__all__ = ["Logger", "build_grad_scaler", "autocast_context", "train_one_epoch", "evaluate", "AMP_MODES",
+__all__ = ["Logger", "build_grad_scaler", "autocast_context", "check_amp", "float_outputs", "train_one_epoch",
+           "evaluate", "AMP_MODES",
            "NonFiniteError", "assert_finite", "integral_counts"]
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -184,13 +187,36 @@ def build_grad_scaler(amp: str, device) -> Optional[torch.amp.GradScaler]:
     return torch.amp.GradScaler(torch.device(device).type)
 
 
+def check_amp(amp: str, device) -> None:
+    """``amp`` is usable on ``device``: any mode on CUDA, "none" / "bf16" on the CPU (fp16 autocast and its
+    grad scaler are CUDA features; the CPU's fast reduced-precision path is bfloat16)."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+    kind = torch.device(device).type
+    if amp == "fp16" and kind != "cuda":
+        raise ValueError(f"--amp fp16 needs a CUDA device (got {kind}); use --amp bf16 on the CPU")
+
+
 def autocast_context(amp: str, device):
+    """Autocast of the model forward for ``amp`` ("none": a null context)."""
     if amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
     if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def float_outputs(outputs):
+    """``outputs`` (dicts / lists / tuples of tensors) with every half / bfloat16 tensor cast to float32, so that
+    losses, matching, box decoding and metrics never run in reduced precision."""
+    if torch.is_tensor(outputs):
+        return outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs
+    if isinstance(outputs, dict):
+        return {k: float_outputs(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(float_outputs(v) for v in outputs)
+    return outputs
 
 
 def _move(batch, device):
@@ -280,10 +306,12 @@ def train_one_epoch(model: torch.nn.Module, criterion: Callable, loader, optimiz
         with sync_ctx:
             with autocast_context(amp, device):
                 outputs = model(batch)
-                try:
-                    losses = criterion(outputs, batch)
-                except NonFiniteError as e:
-                    raise _nonfinite(e, epoch, step + 1, optimizer) from None
+            if amp != "none":
+                outputs = float_outputs(outputs)
+            try:
+                losses = criterion(outputs, batch)
+            except NonFiniteError as e:
+                raise _nonfinite(e, epoch, step + 1, optimizer) from None
             terms = {k: v for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}
             if not bool(_finite_flag(list(terms.values())).item()):  # the one host sync of the step
                 bad = _nonfinite_names(terms)
@@ -395,6 +423,8 @@ def evaluate(model: torch.nn.Module, loader, device="cpu", *, postprocess: Calla
             batch = _move(batch, device)
             with autocast_context(amp, device):
                 outputs = m(batch)
+            if amp != "none":
+                outputs = float_outputs(outputs)
             post = postprocess(outputs, batch)
             for name, acc in accs.items():
                 a = post if single else post[name]

@@ -13,6 +13,8 @@ Required
                                                 --num_workers --amp`` (`vgcore.cli` groups), "train" also
                                                 ``--dist_backend --train_split --val_split``, "eval"
                                                 ``--dist_backend --eval_sets --vis`` (nargs "+": split names)
+                                                Optional: ``--compile`` (every mode), ``--grad_ckpt`` (train):
+                                                `vgcore.cli.add_speed_args`, applied by `vgcore.speed`
 ``build(args, logger) -> (model, criterion)``   training: the model with its initial weights (pretrained
                                                 parts per the flags; nothing when ``args.resume``) and the loss
 ``load(args) -> model``                         eval / predict: the model of the checkpoint the flags name
@@ -61,8 +63,9 @@ import torch
 from . import dist
 from .data.build import build_grounding_loader, single_batch
 from .data.image import load_image
-from .engine import Logger, build_grad_scaler, evaluate as run_evaluation
+from .engine import Logger, autocast_context, build_grad_scaler, check_amp, evaluate as run_evaluation, float_outputs
 from .optim import describe_param_groups
+from .speed import apply_speed_flags
 from .trainer import fit, prepare_output_dir, wrap_ddp
 from .viz import draw_grounding, save_prediction_grid
 
@@ -157,8 +160,10 @@ def train(method: ModuleType, args: argparse.Namespace) -> Dict[str, Any]:
         logger.info(note)
     logger.info("args: " + json.dumps(vars(args), default=str))
 
+    check_amp(loop.amp, device)
     model, criterion = method.build(args, logger)
     model.to(device)
+    apply_speed_flags(model, args, logger, train=True)
     logger.info(f"{method.NAME}: {_count(model):.2f} M parameters, {_count(model, trainable=True):.2f} M trainable")
     train_loader = build_loader(method, args, model, args.train_split, train=True)
     dist.configure_cpu_threads(device, train_loader.num_workers)
@@ -198,7 +203,8 @@ def evaluate(method: ModuleType, args: argparse.Namespace) -> Dict[str, Dict[str
     _prepare(method, args)
     out = ensure_writable(args.output_dir)
     info = dist.init_distributed(backend=args.dist_backend, device=args.device)
-    model = method.load(args).to(info.device)
+    check_amp(args.amp, info.device)
+    model = apply_speed_flags(method.load(args).to(info.device), args, train=False)
     results = {}
     for split in args.eval_sets:
         loader = build_loader(method, args, model, split, train=False)
@@ -226,7 +232,10 @@ def save_visualisation(method: ModuleType, args, model, loader, n: int, device, 
     dataset = loader.dataset
     batch = loader.collate_fn([dataset[i] for i in range(min(n, len(dataset)))]).to(device)
     model.eval()
-    preds = method.predictions(args, model, model(batch), batch)
+    amp = getattr(args, "amp", "none")
+    with autocast_context(amp, device):
+        outputs = model(batch)
+    preds = method.predictions(args, model, float_outputs(outputs), batch)
     save_prediction_grid(batch.records, [_drawn(p) for p in preds], path,
                          pred_masks=[p.get("mask_rle") for p in preds])
 
@@ -251,10 +260,14 @@ def predict(method: ModuleType, args: argparse.Namespace) -> Dict[str, Any]:
     _prepare(method, args)
     ensure_writable(Path(args.out).parent)
     device = torch.device(args.device or "cpu")
-    model = method.load(args).to(device).eval()
+    amp = getattr(args, "amp", "none")
+    check_amp(amp, device)
+    model = apply_speed_flags(method.load(args).to(device).eval(), args, train=False)
     transform, tokenizer = method.pipeline(args, model, False)
     batch = single_batch(args.image, args.text, transform, tokenizer, device)
-    pred = method.predictions(args, model, model(batch), batch)[0]
+    with autocast_context(amp, device):
+        outputs = model(batch)
+    pred = method.predictions(args, model, float_outputs(outputs), batch)[0]
     result = {"image": args.image, "text": args.text, **{k: _jsonable(k, v) for k, v in pred.items()}, "png": args.out}
     print(json.dumps(result), flush=True)
     draw_grounding(load_image(args.image), pred_boxes=_drawn(pred), text=args.text,

@@ -11,7 +11,8 @@
 # Measured alone on 2 cores: see simvg/README.md, "Quickstart" (figures also in the header of
 # tests/test_simvg_learning.py).  JOINT_STEPS=0 drops the joint phase (the TB then stays at a third of the DB).
 # gRefCOCO-style: DATASET=grefcoco (10 queries).
-# Usage: bash scripts/simvg/train_tiny_synthetic.sh [--dry-run]
+# Usage: bash scripts/simvg/train_tiny_synthetic.sh [--dry-run] [TRAIN_FLAGS...]
+#   TRAIN_FLAGS go to simvg/train.py (e.g. --amp bf16, --compile, --grad_ckpt); EVAL_FLAGS (env) to simvg/eval.py.
 #   env: OUT (./outputs/simvg_tiny), EPOCHS (12), NUM_TRAIN (6000), PRETRAIN_STEPS (3000), TEXT_STEPS (400),
 #        JOINT_STEPS (2000), VIS_MULT (0.2), DATASET (refcoco | grefcoco), QS_DEVICE (cpu), NPROC (1: one process on
 #        every core, plain `python simvg/train.py`; N > 1: torch.distributed.launch, gloo on the CPU, one thread
@@ -48,9 +49,11 @@ else
 fi
 "${TRAIN[@]}" simvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$DATASET" --tensorboard 0 \
     --epochs "$EPOCHS" --batch_size "$((16 / NPROC))" --lr 5e-4 --lr_vis_enc_mult "$VIS_MULT" --warmup_epochs 0 \
-    --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --no_lsj --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100 --overwrite
+    --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --no_lsj --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100 --overwrite \
+    "${VG_ARGS[@]+"${VG_ARGS[@]}"}"
+read -r -a EVAL_EXTRA <<< "${EVAL_FLAGS:-}"
 run "$PYTHON" simvg/eval.py "${COMMON[@]}" --load_from "$OUT/$DATASET/det_best.pth" --eval_sets val \
-    --output_dir "$OUT/$DATASET"
+    --output_dir "$OUT/$DATASET" "${EVAL_EXTRA[@]+"${EVAL_EXTRA[@]}"}"
 if [ "$DATASET" != grefcoco ]; then
     for branch in decoder token; do
         run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --format seqtr \

@@ -18,6 +18,12 @@ rest through expert ``B`` (text).  Image-only input uses A for everything, text-
   joint sequence, padded text keys masked (SDPA); final multiway ``layer_norm``.
 * Drop-path rate of layer i = linspace(0, drop_path_rate, num_layers)[i].
 
+Execution: the vision and the text tokens are kept as two separate contiguous streams through the encoder
+(each multiway module runs on its own stream; only the attention sees them concatenated), so no sequence slice
+is taken and no backward zero-fills a full-size tensor.  ``EncoderLayer.forward(x, split, mask)`` on the joint
+sequence remains for callers that hold one.  ``checkpoint=True`` (`BEiT3.forward`) recomputes each layer in the
+backward pass instead of keeping its activations (`vgcore.models.checkpointing`).
+
 Parameter names mirror torchscale exactly (without the ``beit3.`` prefix of the official checkpoints), so an
 official state dict loads after stripping the prefix.  Masks: ``text_padding_mask`` is bool [B, L], True = pad.
 """
@@ -33,10 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpointing import checkpoint_call
 from ..checkpoint import (convert_state_dict, load_strict, resample_patch_kernel, resample_pos_table, torch_load,
                           unwrap)
 
-__all__ = ["BEiT3Config", "BEIT3_PRESETS", "beit3_config", "BEiT3", "Multiway", "drop_path",
+__all__ = ["BEiT3Config", "BEIT3_PRESETS", "beit3_config", "BEiT3", "Multiway", "drop_path", "drop_path_mask",
            "adapt_beit3_pretrained", "load_beit3_pretrained", "VISION_POS_KEY", "PATCH_KERNEL_KEY",
            "VISION_POS_PREFIX_ROWS"]
 
@@ -89,13 +96,27 @@ def beit3_config(preset: str = "base", **overrides) -> BEiT3Config:
     return BEiT3Config(**kw)
 
 
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop the whole residual branch per sample with probability p (rescaled by 1/(1-p))."""
+def drop_path_mask(x: torch.Tensor, p: float, training: bool) -> Optional[torch.Tensor]:
+    """Stochastic-depth factor [B, 1, ..., 1] (0 or 1/(1-p) per sample, one Bernoulli draw per sample), or None
+    when nothing is dropped (p = 0 or eval)."""
     if p == 0.0 or not training:
-        return x
+        return None
     keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask / keep
+    return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch per sample with probability p (rescaled by 1/(1-p));
+    the rescale is applied to the [B, 1, ..] mask, so the activation is touched once."""
+    mask = drop_path_mask(x, p, training)
+    return x if mask is None else x * mask
+
+
+def _residual(x: Optional[torch.Tensor], branch: Optional[torch.Tensor], mask: Optional[torch.Tensor]):
+    """x + branch (* mask): one fused op per stream."""
+    if x is None:
+        return None
+    return x + branch if mask is None else torch.addcmul(x, branch, mask)
 
 
 class Multiway(nn.Module):
@@ -112,7 +133,12 @@ class Multiway(nn.Module):
             return self.A(x)
         if split <= 0:
             return self.B(x)
-        return torch.cat([self.A(x[:, :split]), self.B(x[:, split:])], dim=1)
+        xa, xb = x.split([split, n - split], dim=1)
+        return torch.cat([self.A(xa), self.B(xb)], dim=1)
+
+    def streams(self, xa: Optional[torch.Tensor], xb: Optional[torch.Tensor]):
+        """(A(xa), B(xb)) on two separate streams; a None stream stays None."""
+        return (None if xa is None else self.A(xa)), (None if xb is None else self.B(xb))
 
 
 class VisionEmbedding(nn.Module):
@@ -171,16 +197,45 @@ class SelfAttention(nn.Module):
         self.inner_attn_ln = Multiway(nn.LayerNorm(D, eps=cfg.layernorm_eps))
 
     def forward(self, x: torch.Tensor, split: int, attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        B, N, D = x.shape
+        """Joint sequence [B, N, D] with the first ``split`` tokens vision."""
+        xv, xt = _to_streams(x, split)
+        ov, ot = self.forward_streams(xv, xt, attn_mask)
+        return _from_streams(ov, ot)
+
+    def forward_streams(self, xv: Optional[torch.Tensor], xt: Optional[torch.Tensor],
+                        attn_mask: Optional[torch.Tensor]):
+        """Vision stream [B, Nv, D] and text stream [B, Nt, D] (either may be None) -> the two output streams."""
         H = self.num_heads
+
+        def joint(proj):
+            a, b = proj.streams(xv, xt)
+            return a if b is None else (b if a is None else torch.cat([a, b], 1))
+
+        q, k, v = joint(self.q_proj), joint(self.k_proj), joint(self.v_proj)
+        B, N, D = q.shape
 
         def heads(t):
             return t.view(B, N, H, D // H).transpose(1, 2)
 
-        q, k, v = heads(self.q_proj(x, split)), heads(self.k_proj(x, split)), heads(self.v_proj(x, split))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(B, N, D)
-        return self.out_proj(self.inner_attn_ln(out, split), split)
+        ov, ot = _to_streams(out, 0 if xv is None else xv.shape[1], contiguous=True)
+        return self.out_proj.streams(*self.inner_attn_ln.streams(ov, ot))
+
+
+def _to_streams(x: torch.Tensor, split: int, contiguous: bool = False):
+    """Joint [B, N, D] -> (vision [B, split, D] or None, text [B, N - split, D] or None)."""
+    n = x.shape[1]
+    if split >= n:
+        return x, None
+    if split <= 0:
+        return None, x
+    a, b = x.split([split, n - split], dim=1)
+    return (a.contiguous(), b.contiguous()) if contiguous else (a, b)
+
+
+def _from_streams(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> torch.Tensor:
+    return a if b is None else (b if a is None else torch.cat([a, b], 1))
 
 
 class FeedForward(nn.Module):
@@ -207,10 +262,20 @@ class EncoderLayer(nn.Module):
         self.drop_path_rate = float(drop_path_rate)
 
     def forward(self, x, split: int, attn_mask=None):
-        x = x + drop_path(self.self_attn(self.self_attn_layer_norm(x, split), split, attn_mask),
-                          self.drop_path_rate, self.training)
-        x = x + drop_path(self.ffn(self.final_layer_norm(x, split), split), self.drop_path_rate, self.training)
-        return x
+        """Joint sequence [B, N, D] (first ``split`` tokens vision) -> [B, N, D]."""
+        xv, xt = _to_streams(x, split, contiguous=True)
+        return _from_streams(*self.forward_streams(xv, xt, attn_mask))
+
+    def forward_streams(self, xv: Optional[torch.Tensor], xt: Optional[torch.Tensor], attn_mask=None):
+        """The layer on the vision and text streams (either may be None); the drop-path draw is per sample and
+        shared by both streams of the sample, as on the joint sequence."""
+        ref = xv if xv is not None else xt
+        av, at = self.self_attn.forward_streams(*self.self_attn_layer_norm.streams(xv, xt), attn_mask)
+        mask = drop_path_mask(ref, self.drop_path_rate, self.training)
+        xv, xt = _residual(xv, av, mask), _residual(xt, at, mask)
+        fv, ft = self.ffn.streams(*self.final_layer_norm.streams(xv, xt))
+        mask = drop_path_mask(ref, self.drop_path_rate, self.training)
+        return _residual(xv, fv, mask), _residual(xt, ft, mask)
 
 
 class Encoder(nn.Module):
@@ -238,6 +303,7 @@ class BEiT3(nn.Module):
         self.text_embed = _embedding(cfg.vocab_size, cfg.embed_dim)
         self.vision_embed = VisionEmbedding(cfg)
         self.encoder = Encoder(cfg)
+        self.grad_ckpt = False  # activation checkpointing per layer (`forward(checkpoint=...)`)
         self.reset_parameters()
 
     @property
@@ -262,45 +328,62 @@ class BEiT3(nn.Module):
         nn.init.normal_(self.encoder.embed_positions.B.weight)
 
     def forward(self, image: Optional[torch.Tensor] = None, text_ids: Optional[torch.Tensor] = None,
-                text_padding_mask: Optional[torch.Tensor] = None, return_hidden: bool = False) -> Dict:
+                text_padding_mask: Optional[torch.Tensor] = None, return_hidden: bool = False,
+                checkpoint: Optional[bool] = None) -> Dict:
+        """``checkpoint``: recompute each layer in the backward pass (activation checkpointing); None = the
+        module's ``grad_ckpt`` attribute (set by ``--grad_ckpt``)."""
         if image is None and text_ids is None:
             raise ValueError("BEiT3.forward: give an image, text ids, or both")
-        parts, pad = [], []
+        xv = xt = None
         nv = nt = 0
+        pos = self.encoder.embed_positions
         if image is not None:
-            v = self.vision_embed(image)
-            nv = v.shape[1]
-            parts.append(v)
-        if text_ids is not None:
-            if text_ids.numel() and int(text_ids.max()) >= self.cfg.vocab_size:
-                raise ValueError(f"BEiT3: text id {int(text_ids.max())} >= vocab_size {self.cfg.vocab_size}")
-            t = self.text_embed(text_ids)
-            nt = t.shape[1]
-            parts.append(t)
-        x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-        x = x + self.encoder.embed_positions(nv, nt).to(x.dtype)
+            xv = self.vision_embed(image)
+            nv = xv.shape[1]
+            xv = xv + pos(nv, 0).to(xv.dtype)
         attn_mask = None
-        if text_ids is not None and text_padding_mask is not None:
-            tpad = text_padding_mask.bool()
-            pad = torch.cat([tpad.new_zeros(x.shape[0], nv), tpad], 1)
-            x = x * (~pad).unsqueeze(-1).to(x.dtype)
-            attn_mask = (~pad)[:, None, None, :]
-        split = nv
+        if text_ids is not None:
+            _check_ids(text_ids, self.cfg.vocab_size)
+            xt = self.text_embed(text_ids)
+            nt = xt.shape[1]
+            xt = xt + pos(0, nt).to(xt.dtype)
+            if text_padding_mask is not None:
+                keep = ~text_padding_mask.bool()
+                xt = xt * keep.unsqueeze(-1).to(xt.dtype)
+                attn_mask = torch.cat([keep.new_ones(keep.shape[0], nv), keep], 1)[:, None, None, :]
+        ckpt = self.grad_ckpt if checkpoint is None else checkpoint
         hidden = []
         for layer in self.encoder.layers:
-            x = layer(x, split, attn_mask)
+            if ckpt and torch.is_grad_enabled():
+                xv, xt = checkpoint_call(layer.forward_streams, xv, xt, attn_mask)
+            else:
+                xv, xt = layer.forward_streams(xv, xt, attn_mask)
             if return_hidden:
-                hidden.append(x)
-        x = self.encoder.layer_norm(x, split)
-        out = {"tokens": x, "split": split}
-        if image is not None:
-            out["cls"] = x[:, 0]
-            out["img_tokens"] = x[:, 1:nv]
-        if text_ids is not None:
-            out["text_tokens"] = x[:, nv:]
+                hidden.append(_from_streams(xv, xt))
+        xv, xt = self.encoder.layer_norm.streams(xv, xt)
+        out = {"tokens": _from_streams(xv, xt), "split": nv}
+        if xv is not None:
+            cls, img = xv.split([1, nv - 1], dim=1)
+            out["cls"] = cls.squeeze(1)
+            out["img_tokens"] = img
+        if xt is not None:
+            out["text_tokens"] = xt
         if return_hidden:
             out["hidden"] = hidden
         return out
+
+
+def _check_ids(text_ids: torch.Tensor, vocab_size: int) -> None:
+    """Text ids below the vocabulary size: a ValueError on the CPU; on an accelerator an asynchronous device
+    assert (no host sync); skipped while torch.compile traces."""
+    if not text_ids.numel() or torch.compiler.is_compiling():
+        return
+    if text_ids.device.type == "cpu":
+        top = int(text_ids.max())
+        if top >= vocab_size:
+            raise ValueError(f"BEiT3: text id {top} >= vocab_size {vocab_size}")
+    else:
+        torch._assert_async(text_ids.max() < vocab_size, f"BEiT3: a text id >= vocab_size {vocab_size}")
 
 
 # ----------------------------------------------------------------------------------------------------------

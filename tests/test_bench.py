@@ -1,0 +1,60 @@
+"""vgcore.bench: the figures of one path (fields, peak memory, compile time only for compiled paths), the JSON
+line layout the bench scripts print, and (slow) a whole bench script run on the tiny preset."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vgcore import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _case():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
+    x = torch.randn(32, 64)
+    return bench.Case(model=model, batch=x, images=32, forward=lambda m, b: {"y": m(b)},
+                      loss=lambda out, b: out["y"].square().mean(),
+                      optimizer=lambda m: torch.optim.AdamW(m.parameters(), 1e-3, fused=True), clip_max_norm=1.0)
+
+
+@pytest.mark.parametrize("mode,path", [("train", "fp32"), ("train", "bf16"), ("infer", "bf16")])
+def test_measure_reports_every_field(mode, path):
+    r = bench.measure(_case(), mode, bench.PATHS[path], "cpu", iters=2, warmup=1)
+    line = bench.figure("toy", r)
+    assert list(line) == list(bench.FIELDS) == ["method", "mode", "path", "ms_per_step", "images_per_s", "peak_mb"]
+    assert line["method"] == "toy" and line["mode"] == mode and line["path"] == path
+    assert line["ms_per_step"] > 0 and line["images_per_s"] == pytest.approx(32 / (line["ms_per_step"] / 1000), rel=0.01)
+    assert line["peak_mb"] is None or line["peak_mb"] >= 0
+    assert r["compile_s"] is None
+    json.dumps(line)
+
+
+def test_default_paths():
+    assert bench.default_paths("train", "cpu") == ["fp32", "bf16", "compile", "bf16+compile", "grad_ckpt",
+                                                   "bf16+grad_ckpt"]
+    assert bench.default_paths("infer", "cpu") == ["fp32", "bf16", "compile", "bf16+compile"]
+    assert "fp16" in bench.default_paths("infer", "cuda")
+
+
+def test_training_step_updates_the_weights():
+    case = _case()
+    before = [p.detach().clone() for p in case.model.parameters()]
+    bench.measure(case, "train", bench.PATHS["fp32"], "cpu", iters=1, warmup=1)
+    assert all(not torch.equal(a, b) for a, b in zip(before, case.model.parameters()))
+
+
+@pytest.mark.slow
+def test_bench_simvg_tiny_json_lines():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_simvg.py"), "--backbone", "tiny", "--batch", "2",
+                          "--quick", "--threads", "1", "--modes", "infer_token", "--loader_batches", "1", "--json"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    lines = [json.loads(x) for x in out.strip().splitlines()]
+    assert [(x["mode"], x["path"]) for x in lines] == [("infer_token", "fp32"), ("infer_token", "bf16"),
+                                                       ("data", "1 worker")]
+    assert all(list(x) == list(bench.FIELDS) and x["method"] == "simvg" for x in lines)
+    assert all(x["images_per_s"] > 0 for x in lines)
