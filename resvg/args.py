@@ -6,7 +6,8 @@ configs share them: batch 16 per GPU, 90 epochs, lr drop at 60, the four encoder
 every flag given on the command line wins.  ``--config`` is refused with that explanation.
 
 Architecture flags default to None = the value of ``--model_preset`` (``r50``: the official ResVG-R50;
-``vltvg_r50``: the same network without the prior; ``tiny``: a small random-init network for CPU runs).
+``vltvg_r50``: the same network without the prior; ``tiny``: a small network for CPU runs, whose ResNet + encoder
+and BERT ``resvg/pretrain_tiny.py`` pretrains on synthetic tags).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ class _NoConfigFile(argparse.Action):
 def _model_args(p: argparse.ArgumentParser, mode: str) -> None:
     g = p.add_argument_group("ResVG model (None = --model_preset value)")
     g.add_argument("--model_preset", default="r50", choices=sorted(PRESETS),
-                   help="r50 = official ResVG-R50; vltvg_r50 = without the prior; tiny = CPU-sized random init")
+                   help="r50 = official ResVG-R50; vltvg_r50 = without the prior; tiny = CPU-sized (128 px, stride-16 "
+                        "one-block-per-stage ResNet, 2-layer BERT; pretrained parts from resvg/pretrain_tiny.py)")
     g.add_argument("--img_size", type=int, default=None, help="square input size (640; tiny 128)")
     g.add_argument("--max_query_len", type=int, default=None, help="text tokens incl. [CLS]/[SEP] (40; tiny 20)")
     g.add_argument("--bert_output_layers", type=int, default=None, help="BERT layers averaged (4)")

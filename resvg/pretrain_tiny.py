@@ -69,7 +69,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--max_objects", "--max-objects", type=int, default=8)
     g.add_argument("--object_scale", "--object-scale", type=float, default=1.0)
     g = p.add_argument_group("visual phase (ResNet + input_proj + visual encoder)")
-    g.add_argument("--steps", type=int, default=2000)
+    g.add_argument("--steps", type=int, default=1500)
     g.add_argument("--num_scenes", type=int, default=4000, help="training scenes (kept in memory, float16)")
     g.add_argument("--val_scenes", type=int, default=300, help="held-out scenes for the reported accuracy")
     g.add_argument("--fields", default="kind,color,size,row,col", help="comma list of kind,color,size,row,col")

@@ -231,6 +231,11 @@ def test_breakdown_by_expression_type(syn, tmp_path):
     stripped = [r.replace(extra={}) for r in made]
     assert record_groups(stripped, "expr_type") == [r.extra["expr_type"] for r in made]
     assert record_groups(stripped, "none") is None
+    words = [len(r.expression.split()) for r in made]
+    assert record_groups(made, "expr_words") == [
+        "words<=3" if n <= 3 else "words4-6" if n <= 6 else "words>=7" for n in words]
+    with pytest.raises(ValueError, match="unknown breakdown 'colour'"):
+        record_groups(made, "colour")
     assert expression_type(made[0].replace(expression="a dog on a sofa", extra={})) == "other"
     _write(tmp_path, "val", torch.randn(5, WIDTH))
     args, recs = _records(syn, tmp_path, "val", "--breakdown", "expr_type")

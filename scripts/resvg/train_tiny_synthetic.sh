@@ -23,7 +23,7 @@
 #
 # Usage: bash scripts/resvg/train_tiny_synthetic.sh [--dry-run]
 #   env: OUT (./outputs/resvg_tiny), RUN (unc: the run folder below OUT), STAGES (data pretrain train eval),
-#        EPOCHS (6), NUM_TRAIN (6000), PRETRAIN_STEPS (2000), TEXT_STEPS (600), TRAIN_SPLIT (train), AUG_SPLIT,
+#        EPOCHS (8), NUM_TRAIN (6000), PRETRAIN_STEPS (1500), TEXT_STEPS (600), TRAIN_SPLIT (train), AUG_SPLIT,
 #        PRIOR_ROOT, SEED (42), QS_DEVICE (cpu), NPROC (2: torch.distributed.launch, gloo on the CPU, one process
 #        per core, the global batch stays 16; 1: plain `python resvg/train.py`), LOADER_WORKERS (0: the model's
 #        process decodes the 128-px JPEGs), OMP_NUM_THREADS (1 for every step: the tiny model's ops are small, and
@@ -34,9 +34,9 @@ vg_init "$@"
 OUT=${OUT:-./outputs/resvg_tiny}
 RUN=${RUN:-unc}
 STAGES=${STAGES:-data pretrain train eval}
-EPOCHS=${EPOCHS:-6}
+EPOCHS=${EPOCHS:-8}
 NUM_TRAIN=${NUM_TRAIN:-6000}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-2000}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
 TEXT_STEPS=${TEXT_STEPS:-600}
 TRAIN_SPLIT=${TRAIN_SPLIT:-train}
 AUG_SPLIT=${AUG_SPLIT:-}
