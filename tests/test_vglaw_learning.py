@@ -11,7 +11,8 @@ one of scripts/vglaw/train_tiny_synthetic.sh (quickstart data: larger shapes, 6,
   * REC Prec@0.5 beats the best trivial baseline (centre box / largest / random object) by >= 15 points and beats
     the noun-only baseline (a random object of the named kind);
   * RES mIoU (original resolution) >= 0.5.
-Measured figures and times: vglaw/README.md, "Tiny preset".
+Measured with the script (8 epochs): Prec@0.5 88.2% (best trivial 38.3%, noun-only 69.5%), mIoU 71.4%; 6.5 min of
+CPU time.  Per-epoch figures and times: vglaw/README.md, "Tiny preset".
 """
 from __future__ import annotations
 
