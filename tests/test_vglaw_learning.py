@@ -11,7 +11,8 @@ one of scripts/vglaw/train_tiny_synthetic.sh (quickstart data: larger shapes, 6,
   * REC Prec@0.5 beats the best trivial baseline (centre box / largest / random object) by >= 15 points and beats
     the noun-only baseline (a random object of the named kind);
   * RES mIoU (original resolution) >= 0.5.
-Measured figures and times: vglaw/README.md, "Tiny preset".
+Measured with the script (8 epochs): Prec@0.5 88.2% (best trivial 38.3%, noun-only 69.5%), mIoU 71.4%; 6.5 min of
+CPU time.  Per-epoch figures and times: vglaw/README.md, "Tiny preset".
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def small(tmp_path_factory):
 
 def _data(syn):
     return ["--dataset", "refcoco", "--split_root", str(syn / "refer"), "--image_root", str(syn / "images"),
-            "--device", "cpu", "--num_workers", "0", "--tensorboard", "false"]
+            "--device", "cpu", "--num_workers", "0"]
 
 
 @pytest.mark.parametrize("law", ["svd", "la", "od1", "od2", "od3"])
@@ -45,7 +46,8 @@ def test_every_law_type_trains(small, tmp_path, law):
     main(get_args_parser().parse_args(
         ["--preset", "tiny", "--law_type", law, *_data(small), "--bert_model", str(small / "tokenizers"),
          "--batch_size", "8", "--batch_sum", "8", "--warmup_steps", "0", "--lr_base", "2e-3", "--lr_visual", "2e-3",
-         "--lr_lang", "2e-3", "--max_epochs", "4", "--drop_epochs", "10", "--eval_step", "10", "--output_dir", str(out)]))
+         "--lr_lang", "2e-3", "--max_epochs", "4", "--drop_epochs", "10", "--eval_step", "10", "--tensorboard", "false",
+         "--output_dir", str(out)]))
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in log]
     assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:])), losses  # falls every epoch
@@ -87,7 +89,7 @@ def test_tiny_preset_beats_baselines_and_segments(syn, tmp_path):
         common + ["--vit_model_path", str(syn / "pre" / "vit_tiny.pth"), "--batch_size", "16", "--batch_sum", "16",
                   "--warmup_steps", "0", "--lr_base", "1e-3", "--lr_visual", "3e-4", "--lr_lang", "3e-4",
                   "--max_epochs", str(EPOCHS), "--drop_epochs", str(max(EPOCHS - 1, 1)), "--log_freq", "100",
-                  "--output_dir", str(tmp_path / "run")]))
+                  "--tensorboard", "false", "--output_dir", str(tmp_path / "run")]))
     minutes = (time.time() - t0) / 60
     m = eval_main(eval_parser().parse_args(
         common + ["--pretrained_path", str(tmp_path / "run" / "best_checkpoint.pth"), "--eval_sets", "val",

@@ -98,3 +98,19 @@ def test_tiny_synthetic_chain():
     assert train["vit_model_path"] == ["o/pretrained/vit_tiny.pth"] and train["bert_model"] == ["o/pretrained/bert"]
     assert train["law_type"] == ["la"] and train["preset"] == ["tiny"] and train["batch_sum"] == ["16"]
     assert ev["pretrained_path"] == ["o/run/best_checkpoint.pth"] and ev["eval_sets"] == ["val"]
+
+
+def test_bench_prints_one_json_line_per_figure():
+    """scripts/bench_vglaw.py --json at a toy size: every path of every mode, with the documented fields."""
+    import json
+    import sys
+    proc = subprocess.run([sys.executable, "scripts/bench_vglaw.py", "--level", "qkv", "--laws", "svd,od2", "--batch", "2",
+                           "--img_size", "64", "--rounds", "1", "--threads", "1", "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {(r["law"], r["mode"], r["path"]) for r in rows} == {
+        (law, mode, path) for law in ("svd", "od2") for mode in ("train", "infer")
+        for path in ("batched", "loop", "loop_weight", "plain")}
+    for r in rows:
+        assert r["method"] == "VG-LAW" and r["ms_per_step"] > 0 and r["images_per_s"] > 0 and r["peak_mb"] == r["peak_mb"]

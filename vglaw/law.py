@@ -150,11 +150,16 @@ class AdaptiveLinear(nn.Module):
         (`sample_weight`) and applying it."""
         B = a.shape[0]
         xs = x.reshape(B, -1, *x.shape[1:])
-        if build_weight:
-            ys = [F.linear(xs[b], *self.sample_weight(a[b], shared)) for b in range(B)]
-        else:
-            ys = [self(xs[b], a[b:b + 1], shared) for b in range(B)]
-        return torch.stack(ys).reshape(*x.shape[:-1], self.out_features)
+
+        def one(b):
+            return F.linear(xs[b], *self.sample_weight(a[b], shared)) if build_weight else self(xs[b], a[b:b + 1], shared)
+        if torch.is_grad_enabled():
+            out = torch.stack([one(b) for b in range(B)])
+        else:  # inference: each sample written into the output (no list of B partial results)
+            out = x.new_empty(B, *xs.shape[1:-1], self.out_features)
+            for b in range(B):
+                out[b] = one(b)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, law_type={self.law_type}, " \

@@ -54,7 +54,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out_dir", required=True, help="writes vit_tiny.pth, bert/ and summary.json here")
     p.add_argument("--preset", default="tiny", choices=["tiny"])
     p.add_argument("--max_len", type=int, default=40)
-    p.add_argument("--steps", type=int, default=1500, help="image-phase steps (0: the ViT keeps its init)")
+    p.add_argument("--steps", type=int, default=3000, help="image-phase steps (0: the ViT keeps its init)")
     p.add_argument("--num_scenes", type=int, default=4000, help="training scenes (held in memory, float16)")
     p.add_argument("--val_scenes", type=int, default=300, help="held-out scenes / expressions for the report")
     p.add_argument("--scene_seed", type=int, default=1, help="synthetic seed of the scenes (grounding data: 0)")
@@ -64,8 +64,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--fields", default="kind,color,row,col",
                    help="comma list of kind,color,size (what covers the patch) and row,col (where it is)")
     p.add_argument("--pretrain_batch_size", type=int, default=16)
-    p.add_argument("--pretrain_lr", type=float, default=3e-3)
-    p.add_argument("--warmup_steps", type=int, default=100, help="linear warm-up steps of the image phase")
+    p.add_argument("--pretrain_lr", type=float, default=6e-3,
+                   help="image phase (measured on the quickstart scenes: 1,500 steps at 3e-3 give kind 33%%, 3,000 at "
+                        "6e-3 97%%; the grounding then reaches 45%% / 82%% Prec@0.5)")
+    p.add_argument("--warmup_steps", type=int, default=300, help="linear warm-up steps of the image phase")
     p.add_argument("--background_weight", type=float, default=0.1, help="cross-entropy weight of background patches")
     p.add_argument("--min_fraction", type=float, default=0.3, help="share of a patch a shape must cover to label it")
     p.add_argument("--text_steps", type=int, default=400, help="text-phase steps (0: BERT keeps its init)")
