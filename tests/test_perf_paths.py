@@ -3,7 +3,6 @@ the joint-sequence layer (outputs and gradients, drop-path on), HiVG's composed 
 three transposed convolutions, and activation checkpointing against the plain backward."""
 
 import torch
-import torch.nn.functional as F
 
 from vgcore.models.beit3 import BEiT3, beit3_config, drop_path
 from vgcore.models.checkpointing import checkpoint_blocks, grad_ckpt_modules, set_grad_ckpt
