@@ -74,6 +74,8 @@ def make_loader(a):
     from vgcore.bench import LoaderCase
     from vgcore.data.dataset import Collate, GroundingDataset
     from vgcore.synthetic.scenes import generate
+    from vgcore.data.transforms import build_transforms
+    from vgcore.text import build_tokenizer
 
     tmp = tempfile.mkdtemp(prefix="bench_simvg_data_")
     n = max(a.batch * a.loader_batches, a.batch)
@@ -82,7 +84,9 @@ def make_loader(a):
                            "--beit3_spm", f"{tmp}/tokenizers/spm.model"])
     over = {} if a.backbone == "tiny" else {"img_size": args.img_size}
     stub = SimpleNamespace(cfg=config_from_args({"preset": _PRESET[a.backbone], "max_text_len": args.max_token, **over}))
-    transform, tokenizer = method.pipeline(args, stub, True)
+    transform = build_transforms("simvg", train=True, imsize=stub.cfg.img_size, lsj=bool(args.lsj))  # method.pipeline's
+    # the synthetic sentencepiece model is small: the tokenizer's XLM-R vocabulary-size check is relaxed
+    tokenizer = build_tokenizer("beit3", max_len=args.max_token, vocab_file=args.beit3_spm, min_vocab=1)
     ds = GroundingDataset(method.records(args, "train", True), transform, tokenizer=tokenizer)
     return LoaderCase(ds, Collate(tokenizer), a.batch,
                       label=f"SimVG train pipeline {stub.cfg.img_size}px, LSJ {'on' if args.lsj else 'off'}, synthetic JPEG",

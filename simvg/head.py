@@ -88,14 +88,16 @@ class SimVGHead(nn.Module):
     def forward(self, img_feat: torch.Tensor, cls_feat: torch.Tensor, text_feat: torch.Tensor,
                 text_pad: torch.Tensor, img_mask: Optional[torch.Tensor] = None, branch: str = "both",
                 return_intermediates: bool = False) -> Dict[str, torch.Tensor]:
-        """img_feat [B,Db,h,w], cls_feat [B,Db], text_feat [B,L,Db], text_pad [B,L] bool (True = pad),
+        """img_feat [B,Db,h,w] (unused, may be None, for ``branch="token"``), cls_feat [B,Db], text_feat [B,L,Db],
+        text_pad [B,L] bool (True = pad),
         img_mask [B,h,w] bool (True = pad, None = no padding).  See `SimVG.forward_tensors` for the outputs."""
         if branch not in BRANCHES:
             raise ValueError(f"SimVGHead: branch must be one of {BRANCHES}, got {branch!r}")
-        B, _, h, w = img_feat.shape
+        B = cls_feat.shape[0]
         Q = self.num_queries
         text_pad = text_pad.bool()
-        if img_mask is None:
+        if branch != "token" and img_mask is None:
+            _, _, h, w = img_feat.shape
             img_mask = torch.zeros(B, h, w, dtype=torch.bool, device=img_feat.device)
         t = self.input_text_proj(text_feat)
         c = self.input_cls_proj(cls_feat)[:, None].expand(B, Q, -1)

@@ -20,7 +20,8 @@ text_ids [B,L] BEiT-3 sentencepiece ids with the fairseq offset; text_mask [B,L]
 Class index 0 = object; the score of a query is softmax(logits)[..., 0].
 
 Branches: "both" (training with distillation, evaluation of both), "decoder" (stage-1 / pre-training: the
-official code does not run the TB at all), "token" (TB-only inference: the 3-layer image decoder is skipped).
+official code does not run the TB at all), "token" (TB-only inference: the 3-layer image decoder is skipped,
+and so is the patch tokens' work in BEiT-3's last layer, whose outputs only the decoder reads).
 The default comes from ``SimVGConfig.default_branch``.
 """
 from __future__ import annotations
@@ -134,12 +135,14 @@ class SimVG(nn.Module):
         image_padding_mask [B,H,W] (True = pad) or None.  Returns the dict described in the module docstring."""
         branch = branch or self.cfg.default_branch
         text_pad = text_padding_mask.bool()
-        enc = self.beit3(images, text_ids, text_pad)
+        # TB only: the patch tokens' last-layer work is skipped (the TB reads the object token and the text)
+        enc = self.beit3(images, text_ids, text_pad, vision_queries=1 if branch == "token" else None)
         B = images.shape[0]
         gh, gw = self.beit3.grid
-        img_feat = enc["img_tokens"].transpose(1, 2).reshape(B, -1, gh, gw)
-        img_mask = None
-        if image_padding_mask is not None:
+        img_feat = img_mask = None
+        if "img_tokens" in enc:
+            img_feat = enc["img_tokens"].transpose(1, 2).reshape(B, -1, gh, gw)
+        if image_padding_mask is not None and branch != "token":
             img_mask = F.interpolate(image_padding_mask[:, None].float(), size=(gh, gw)).squeeze(1).bool()
         out = self.head(img_feat, enc["cls"], enc["text_tokens"], text_pad, img_mask, branch, return_intermediates)
         if "decoder_logits" in out:
@@ -150,8 +153,9 @@ class SimVG(nn.Module):
             out["pred_logits"], out["pred_boxes"] = out["token_logits"], out["token_boxes"]
             out["aux_outputs"] = []
         if return_intermediates:
-            out["intermediates"].update(beit3_cls=enc["cls"], beit3_text_tokens=enc["text_tokens"],
-                                        beit3_img_tokens=enc["img_tokens"])
+            out["intermediates"].update(beit3_cls=enc["cls"], beit3_text_tokens=enc["text_tokens"])
+            if "img_tokens" in enc:
+                out["intermediates"]["beit3_img_tokens"] = enc["img_tokens"]
         return out
 
     def forward(self, batch, branch: Optional[str] = None, return_intermediates: bool = False) -> Dict[str, Any]:

@@ -3,7 +3,6 @@ the joint-sequence layer (outputs and gradients, drop-path on), HiVG's composed 
 three transposed convolutions, and activation checkpointing against the plain backward."""
 
 import torch
-import torch.nn.functional as F
 
 from vgcore.models.beit3 import BEiT3, beit3_config, drop_path
 from vgcore.models.checkpointing import checkpoint_blocks, grad_ckpt_modules, set_grad_ckpt
@@ -145,3 +144,31 @@ def test_hivg_grad_ckpt_same_gradients_and_towers_covered():
     assert runs[0][1].keys() == runs[1][1].keys()
     for n, g in runs[0][1].items():
         torch.testing.assert_close(runs[1][1][n], g, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_beit3_vision_queries_gives_the_same_cls_and_text():
+    m = _beit3().eval()
+    image, ids = torch.randn(2, 3, 64, 64), torch.randint(3, 900, (2, 6))
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[0, 4:] = True
+    with torch.no_grad():
+        full = m(image, ids, pad)
+        part = m(image, ids, pad, vision_queries=1)
+    assert "img_tokens" not in part and part["split"] == 1 and part["tokens"].shape[1] == 7
+    torch.testing.assert_close(part["cls"], full["cls"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part["text_tokens"], full["text_tokens"], atol=1e-5, rtol=1e-5)
+
+
+def test_simvg_token_branch_equals_the_both_branch_run():
+    from simvg.model import build_model
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny"}).eval()
+    S = model.cfg.img_size
+    images, ids = torch.randn(2, 3, S, S), torch.randint(4, 500, (2, 8))
+    pad = torch.zeros(2, 8, dtype=torch.bool)
+    pad[1, 5:] = True
+    with torch.no_grad():
+        both = model.forward_tensors(images, ids, pad, branch="both")
+        tok = model.forward_tensors(images, ids, pad, branch="token")
+    torch.testing.assert_close(tok["pred_boxes"], both["token_boxes"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tok["pred_logits"], both["token_logits"], atol=1e-5, rtol=1e-5)

@@ -132,9 +132,10 @@ def test_token_only_path_equals_full_forward_token_branch():
         tok = model.forward_tensors(img, ids, pad, branch="token")
         dec = model.forward_tensors(img, ids, pad, branch="decoder")
     assert "decoder_logits" not in tok and "token_logits" not in dec
-    torch.testing.assert_close(tok["token_logits"], full["token_logits"], rtol=0, atol=0)
-    torch.testing.assert_close(tok["token_boxes"], full["token_boxes"], rtol=0, atol=0)
-    torch.testing.assert_close(tok["pred_boxes"], full["token_boxes"], rtol=0, atol=0)
+    # the TB-only path skips the patch tokens in BEiT-3's last layer: other matrix shapes, float rounding only
+    torch.testing.assert_close(tok["token_logits"], full["token_logits"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tok["token_boxes"], full["token_boxes"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tok["pred_boxes"], full["token_boxes"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(dec["pred_boxes"], full["pred_boxes"], rtol=0, atol=0)
     assert len(full["aux_outputs"]) == 2 and full["pred_boxes"].shape == (2, 3, 4)
     assert ((full["pred_boxes"] > 0) & (full["pred_boxes"] < 1)).all()

@@ -16,8 +16,6 @@ after building or loading the model.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 

@@ -203,23 +203,25 @@ class SelfAttention(nn.Module):
         return _from_streams(ov, ot)
 
     def forward_streams(self, xv: Optional[torch.Tensor], xt: Optional[torch.Tensor],
-                        attn_mask: Optional[torch.Tensor]):
-        """Vision stream [B, Nv, D] and text stream [B, Nt, D] (either may be None) -> the two output streams."""
+                        attn_mask: Optional[torch.Tensor], vision_queries: Optional[int] = None):
+        """Vision stream [B, Nv, D] and text stream [B, Nt, D] (either may be None) -> the two output streams.
+        ``vision_queries``: only the first that many vision tokens are queries (every token is still a key): the
+        vision output stream is then [B, vision_queries, D]."""
         H = self.num_heads
+        qv = xv if xv is None or vision_queries is None else xv[:, :vision_queries]
 
-        def joint(proj):
-            a, b = proj.streams(xv, xt)
+        def joint(proj, a_in):
+            a, b = proj.streams(a_in, xt)
             return a if b is None else (b if a is None else torch.cat([a, b], 1))
 
-        q, k, v = joint(self.q_proj), joint(self.k_proj), joint(self.v_proj)
-        B, N, D = q.shape
-
-        def heads(t):
-            return t.view(B, N, H, D // H).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(B, N, D)
-        ov, ot = _to_streams(out, 0 if xv is None else xv.shape[1], contiguous=True)
+        q, k, v = joint(self.q_proj, qv), joint(self.k_proj, xv), joint(self.v_proj, xv)
+        B, N, D = k.shape
+        Nq = q.shape[1]
+        q = q.view(B, Nq, H, D // H).transpose(1, 2)
+        k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in (k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(B, Nq, D)
+        ov, ot = _to_streams(out, 0 if qv is None else qv.shape[1], contiguous=True)
         return self.out_proj.streams(*self.inner_attn_ln.streams(ov, ot))
 
 
@@ -266,11 +268,17 @@ class EncoderLayer(nn.Module):
         xv, xt = _to_streams(x, split, contiguous=True)
         return _from_streams(*self.forward_streams(xv, xt, attn_mask))
 
-    def forward_streams(self, xv: Optional[torch.Tensor], xt: Optional[torch.Tensor], attn_mask=None):
+    def forward_streams(self, xv: Optional[torch.Tensor], xt: Optional[torch.Tensor], attn_mask=None,
+                        vision_queries: Optional[int] = None):
         """The layer on the vision and text streams (either may be None); the drop-path draw is per sample and
-        shared by both streams of the sample, as on the joint sequence."""
+        shared by both streams of the sample, as on the joint sequence.  ``vision_queries``: only the first that
+        many vision tokens are computed (the others still serve as keys / values); the vision output stream is
+        then [B, vision_queries, D]."""
         ref = xv if xv is not None else xt
-        av, at = self.self_attn.forward_streams(*self.self_attn_layer_norm.streams(xv, xt), attn_mask)
+        av, at = self.self_attn.forward_streams(*self.self_attn_layer_norm.streams(xv, xt), attn_mask,
+                                                vision_queries=vision_queries)
+        if xv is not None and vision_queries is not None:
+            xv = xv[:, :vision_queries]
         mask = drop_path_mask(ref, self.drop_path_rate, self.training)
         xv, xt = _residual(xv, av, mask), _residual(xt, at, mask)
         fv, ft = self.ffn.streams(*self.final_layer_norm.streams(xv, xt))
@@ -329,9 +337,13 @@ class BEiT3(nn.Module):
 
     def forward(self, image: Optional[torch.Tensor] = None, text_ids: Optional[torch.Tensor] = None,
                 text_padding_mask: Optional[torch.Tensor] = None, return_hidden: bool = False,
-                checkpoint: Optional[bool] = None) -> Dict:
+                checkpoint: Optional[bool] = None, vision_queries: Optional[int] = None) -> Dict:
         """``checkpoint``: recompute each layer in the backward pass (activation checkpointing); None = the
-        module's ``grad_ckpt`` attribute (set by ``--grad_ckpt``)."""
+        module's ``grad_ckpt`` attribute (set by ``--grad_ckpt``).
+
+        ``vision_queries=n``: the last layer computes only the first n vision tokens (n = 1: the CLS) and the
+        text tokens -- the same values as the full run for those, without the patch tokens' last-layer work
+        (their outputs are not returned: no ``img_tokens``; ``tokens`` / ``split`` then hold the n kept)."""
         if image is None and text_ids is None:
             raise ValueError("BEiT3.forward: give an image, text ids, or both")
         xv = xt = None
@@ -353,19 +365,23 @@ class BEiT3(nn.Module):
                 attn_mask = torch.cat([keep.new_ones(keep.shape[0], nv), keep], 1)[:, None, None, :]
         ckpt = self.grad_ckpt if checkpoint is None else checkpoint
         hidden = []
-        for layer in self.encoder.layers:
+        last = len(self.encoder.layers) - 1
+        for i, layer in enumerate(self.encoder.layers):
+            vq = vision_queries if i == last and xv is not None else None
             if ckpt and torch.is_grad_enabled():
-                xv, xt = checkpoint_call(layer.forward_streams, xv, xt, attn_mask)
+                xv, xt = checkpoint_call(layer.forward_streams, xv, xt, attn_mask, vq)
             else:
-                xv, xt = layer.forward_streams(xv, xt, attn_mask)
+                xv, xt = layer.forward_streams(xv, xt, attn_mask, vq)
             if return_hidden:
                 hidden.append(_from_streams(xv, xt))
         xv, xt = self.encoder.layer_norm.streams(xv, xt)
-        out = {"tokens": _from_streams(xv, xt), "split": nv}
+        nk = nv if xv is None else xv.shape[1]
+        out = {"tokens": _from_streams(xv, xt), "split": nk}
         if xv is not None:
-            cls, img = xv.split([1, nv - 1], dim=1)
+            cls, img = xv.split([1, nk - 1], dim=1)
             out["cls"] = cls.squeeze(1)
-            out["img_tokens"] = img
+            if nk == nv:
+                out["img_tokens"] = img
         if xt is not None:
             out["text_tokens"] = xt
         if return_hidden:
