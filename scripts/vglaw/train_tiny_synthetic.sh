@@ -10,8 +10,11 @@
 # Usage: bash scripts/vglaw/train_tiny_synthetic.sh [--dry-run]
 #   env: OUT (./outputs/vglaw_tiny), EPOCHS (see below), NUM_TRAIN (6000), PRETRAIN_STEPS, TEXT_STEPS, LAW (svd |
 #        la | od1 | od2 | od3), QS_DEVICE (cpu), NPROC (1: one process on every core, plain `python vglaw/train.py`;
-#        N > 1: torch.distributed.launch, gloo on the CPU, the global batch stays 16), LOADER_WORKERS (0)
+#        N > 1: torch.distributed.launch, gloo on the CPU, the global batch stays 16), LOADER_WORKERS (0),
+#        OMP_NUM_THREADS (1: the tiny steps are small matmuls; with two threads per process on a machine shared
+#        with other jobs the threads spin-waited and the tag pretraining ran 4x slower)
 set -euo pipefail
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 vg_init "$@"
 OUT=${OUT:-./outputs/vglaw_tiny}
