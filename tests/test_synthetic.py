@@ -10,7 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from vgcore.synthetic import scenes as syn
-from vgcore.synthetic.baselines import iou_xyxy, noun_only_baseline, trivial_baselines
+from vgcore.synthetic.baselines import grec_baselines, iou_xyxy, noun_only_baseline, trivial_baselines
 from vgcore.data.sample import Record
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2 copy= warning
@@ -180,6 +180,24 @@ def test_baselines_on_hand_made_records():
     np.testing.assert_allclose(iou_xyxy([[0, 0, 10, 10]], [[5, 0, 15, 10], [0, 0, 10, 10]]), [[1 / 3, 1.0]])
     with pytest.raises(ValueError):
         trivial_baselines([Record("a.png", "x", [[0, 0, 1, 1]], width=9, height=9)])
+
+
+def test_grec_baselines_on_hand_made_records():
+    """Always no-target is right exactly on the no-target records; one box (largest / random object) exactly on
+    the single-target records where that object is the target (GIoU matching at 0.5, the GREC metric code)."""
+    objs = [{"category": "circle", "box": [0, 0, 10, 10]}, {"category": "circle", "box": [20, 0, 40, 20]},
+            {"category": "square", "box": [50, 50, 60, 60]}]
+    one_big = Record("a.png", "the big circle", [[20, 0, 40, 20]], width=100, height=100, extra={"objects": objs})
+    one_small = Record("a.png", "the small circle", [[0, 0, 10, 10]], width=100, height=100, extra={"objects": objs})
+    two = Record("a.png", "all circles", [[0, 0, 10, 10], [20, 0, 40, 20]], width=100, height=100,
+                 extra={"objects": objs})
+    nt = Record("a.png", "the red star", np.zeros((0, 4)), width=100, height=100, extra={"objects": objs})
+    b = grec_baselines([one_big, one_small, two, nt])
+    key = "pr@(F1=1,IoU>=0.5)"
+    assert b["always_no_target"] == {key: 0.25, "n_acc": 1.0, "t_acc": 0.0}
+    assert b["largest_object"] == {key: 0.25, "n_acc": 0.0, "t_acc": 1.0}  # right on one_big only
+    assert b["random_object"][key] == pytest.approx((1 / 3 + 1 / 3) / 4)
+    assert b["random_object"]["n_acc"] == 0.0
 
 
 def test_val_is_hard_for_trivial_baselines(val_records):

@@ -7,7 +7,8 @@
 #   3. alvg/train.py --backbone tiny (official loss structure: Hungarian detection loss on every decoder layer,
 #      mask focal + dice, TIE score-map and decoder-attention losses at the official weights 40 / 1) over that
 #      backbone at lr x0.2 (official x0.1), lr 5e-4, batch 16, no warm-up, one x0.1 decay before the last epoch;
-#   4. alvg/eval.py on val and the trivial / noun-only baselines (REC).
+#   4. alvg/eval.py on val and the trivial / noun-only baselines (REC), or the GREC baselines (always no-target,
+#      one box) with the GREC metric code.
 # Measured figures: alvg/README.md, "Tiny preset".
 # Variants: DATASET=grefcoco (10 queries, gRefCOCO-style split; attention losses off as the official gRefCOCO
 # config), MASKS=off (box-only: box attention targets, no
@@ -63,7 +64,7 @@ vg_launch alvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --outp
     --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100 --overwrite "${EXTRA[@]+"${EXTRA[@]}"}"
 run "$PYTHON" alvg/eval.py "${COMMON[@]}" --load_from "$OUT/$RUN_NAME/det_best.pth" --eval_sets val \
     --output_dir "$OUT/$RUN_NAME"
-if [ "$DATASET" != grefcoco ]; then
-    run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --format seqtr \
-        --metrics "$OUT/$RUN_NAME/eval_${DATASET}_val.json" --out "$OUT/$RUN_NAME/vs_baselines.json"
-fi
+GREC_FLAG=()
+if [ "$DATASET" == grefcoco ]; then GREC_FLAG=(--grec); fi
+run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --format seqtr "${GREC_FLAG[@]+"${GREC_FLAG[@]}"}" \
+    --metrics "$OUT/$RUN_NAME/eval_${DATASET}_val.json" --out "$OUT/$RUN_NAME/vs_baselines.json"

@@ -14,6 +14,13 @@ Definitions (a "hit" is IoU >= 0.5 with the target box, the reference codes' Acc
   noun_only       a uniformly random object of the kind the expression names (``extra["noun"]``, else
                   ``record.category``; a noun of None = "shape" means every object); exact expectation
                   mean(#hits among that kind / #objects of that kind).
+
+GREC baselines (`grec_baselines`, every record of a gRefCOCO-style split, scored by
+`vgcore.metrics.GRECAccumulator` -- the evaluation's own code: GIoU matching, Pr@(F1=1, IoU>=0.5), N-acc, T-acc):
+  always_no_target  predicts nothing: right on every no-target record (N-acc 1 by construction, T-acc 0).
+  largest_object    one box, the largest object, at score 1: right only on single-target records whose target
+                    it is (N-acc 0, T-acc 1).
+  random_object     one box, a uniformly random object, at score 1; exact expectation over the choice.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["iou_xyxy", "trivial_baselines", "noun_only_baseline"]
+__all__ = ["iou_xyxy", "trivial_baselines", "noun_only_baseline", "grec_baselines"]
 
 
 def iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -92,3 +99,42 @@ def noun_only_baseline(records: Sequence, thresh: float = 0.5) -> float:
         boxes = np.array([o["box"] for o in pool], np.float64)
         total += float((iou_xyxy(boxes, r.box[None])[:, 0] >= thresh).mean())
     return total / len(recs)
+
+
+def _box_area(o) -> float:
+    return float(o.get("area", (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1])))
+
+
+def grec_baselines(records: Sequence, score_thresh: float = 0.7, iou_thresh: float = 0.5) -> dict:
+    """{'always_no_target', 'largest_object', 'random_object'} -> {GREC main key, 'n_acc', 't_acc'} over every
+    record (no-, single- and multi-target), computed with `vgcore.metrics.GRECAccumulator`."""
+    import torch
+
+    from ..metrics import GREC_MAIN_KEY, GRECAccumulator
+    recs = list(records)
+    if not recs:
+        raise ValueError("no records to score")
+    gts = [torch.as_tensor(np.asarray(r.boxes, np.float64).reshape(-1, 4)) for r in recs]
+    none = torch.zeros(0, 4, dtype=torch.float64)
+    one = torch.ones(1, dtype=torch.float64)
+
+    def score(choice) -> dict:
+        acc = GRECAccumulator(score_thresh, iou_thresh)
+        acc.update([none if b is None else b for b in choice], [torch.zeros(0) if b is None else one for b in choice],
+                   gts)
+        r = acc.compute()
+        return {GREC_MAIN_KEY: r[GREC_MAIN_KEY], "n_acc": r["n_acc"], "t_acc": r["t_acc"]}
+
+    boxes = [np.array([o["box"] for o in _objects(r)], np.float64) for r in recs]
+    largest = [torch.as_tensor(b[int(np.argmax([_box_area(o) for o in _objects(r)]))][None])
+               for r, b in zip(recs, boxes)]
+    out = {"always_no_target": score([None] * len(recs)), "largest_object": score(largest)}
+    # random object: exact expectation = the mean over object slots k of each record's score with object k
+    per = GRECAccumulator(score_thresh, iou_thresh)
+    exp_correct = np.zeros(len(recs))
+    for i, (b, g) in enumerate(zip(boxes, gts)):
+        res = per.match([torch.as_tensor(x[None]) for x in b], [one] * len(b), [g] * len(b))
+        exp_correct[i] = res["correct"].double().mean().item()
+    nt = np.array([g.shape[0] == 0 for g in gts])
+    out["random_object"] = {GREC_MAIN_KEY: float(exp_correct.mean()), "n_acc": 0.0, "t_acc": 1.0 if (~nt).any() else 0.0}
+    return out
