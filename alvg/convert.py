@@ -35,8 +35,6 @@ dropped.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import re
 import sys
@@ -45,7 +43,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from alvg.model import COMPAT_SWITCHES
-from simvg.convert import adapt_img_size, convert_beit3_pretrained
+from simvg.convert import (adapt_img_size, beit3_pretrained_payload, convert_beit3_pretrained, converter_parser,
+                           count_indices, official_backbone_config, official_tgqg_config)
 from vgcore.checkpoint import Rules, convert_state_dict, group_keys, load_strict, torch_load, unwrap
 from vgcore.cli import parse_key_values
 
@@ -176,38 +175,18 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
     Head counts cannot be read from shapes: the official values are assumed (BEiT-3 base 12 / large 16 heads,
     head 8 heads); pass ``overrides`` for other models."""
     sd = unwrap(sd)
-    D = sd["vis_enc.beit3.text_embed.weight"].shape[1]
-    vocab = sd["vis_enc.beit3.text_embed.weight"].shape[0]
-    patch = sd["vis_enc.beit3.vision_embed.proj.weight"].shape[-1]
-    rows = sd["vis_enc.beit3.encoder.embed_positions.A.weight"].shape[0]
-    g = int(round(math.sqrt(rows - 3)))
-    n_layers = 1 + max(int(m.group(1)) for k in sd for m in [re.match(r"vis_enc\.beit3\.encoder\.layers\.(\d+)\.", k)] if m)
-    ffn = sd["vis_enc.beit3.encoder.layers.0.ffn.A.fc1.weight"].shape[0]
-    backbone = {768: "base", 1024: "large"}.get(D)
-
-    def count(prefix):
-        return len({int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m})
-
-    cfg = dict(
-        backbone=backbone or "base", img_size=g * patch, patch_size=patch, vocab_size=vocab,
-        drop_path_rate=0.1 if backbone == "base" else 0.0,
+    cfg = official_backbone_config(sd)
+    cfg.update(
         embed_dim=sd["head.query_embed.weight"].shape[1], num_queries=sd["head.query_embed.weight"].shape[0],
         num_classes=sd["head.class_embed_decoder.weight"].shape[0] - 1,
-        num_decoder_layers=count("head.transformer.decoder.layers."),
+        num_decoder_layers=count_indices(sd, "head.transformer.decoder.layers."),
         decoder_ffn_dim=sd["head.transformer.decoder.layers.0.linear1.weight"].shape[0],
         img_enhance="head.transformer.img_enhance.img_proj.weight" in sd,
         mask_head="head.mask_head.refine.0.weight" in sd,
     )
     if cfg["mask_head"]:
         cfg["mask_channels"] = sd["head.mask_head.refine.0.weight"].shape[0]
-    if backbone is None or (backbone == "base" and (n_layers, ffn) != (12, 3072)) or \
-            (backbone == "large" and (n_layers, ffn) != (24, 4096)):
-        cfg["backbone_overrides"] = dict(embed_dim=D, num_layers=n_layers, ffn_dim=ffn, num_heads=max(1, D // 64))
-    n_tgqg = count("head.text_guided_query_generation_transformer.layers.")
-    cfg["text_guided_query_generation"] = n_tgqg > 0
-    if n_tgqg:
-        cfg["num_tgqg_layers"] = n_tgqg
-        cfg["tgqg_ffn_dim"] = sd["head.text_guided_query_generation_transformer.layers.0.ffns.0.layers.0.0.weight"].shape[0]
+    cfg.update(official_tgqg_config(sd))
     cfg.update(overrides)
     return cfg
 
@@ -217,32 +196,15 @@ def load_into(model, sd_ours: Dict[str, torch.Tensor], assign: bool = False, wha
     load_strict(model, sd_ours, what=what, assign=assign)
 
 
-def _is_beit3_pretrained(sd) -> bool:
-    return any(k.startswith("beit3.") for k in sd) and not any(k.startswith(("vis_enc.", "module.vis_enc.")) for k in sd)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Convert an official ALVG (or BEiT-3 pretrained) checkpoint to ours.")
-    p.add_argument("--src", required=True, help="official ALVG checkpoint (.pth) or BEiT-3 pretrained .pth/.zip")
-    p.add_argument("--dst", required=True, help="output file (torch.save dict with model/config/compat/report)")
-    p.add_argument("--ema", action="store_true", help="take ema_state_dict instead of state_dict")
-    p.add_argument("--img-size", type=int, default=640, help="BEiT-3 pretrained only: target input size")
-    p.add_argument("--patch-size", type=int, default=32, help="BEiT-3 pretrained only: target patch size")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="ALVG checkpoints: override an inferred config key (value parsed as JSON), repeatable")
-    p.add_argument("--trust_pickle", action="store_true",
-                   help="unpickle --src fully if a weights-only load refuses it (it could run code): trusted files only")
-    a = p.parse_args(argv)
+    a = converter_parser("ALVG").parse_args(argv)
     overrides = parse_key_values(a.set)
     raw = torch_load(a.src, trust_pickle=a.trust_pickle)
     from alvg.model import build_model, config_from_args
-    if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and _is_beit3_pretrained(raw["model"]):
-        D = raw["model"]["beit3.text_embed.weight"].shape[1]
-        cfg = config_from_args({"preset": "vitl" if D == 1024 else "vitb", "img_size": a.img_size,
-                                "patch_size": a.patch_size})
-        sd, report = convert_beit3_pretrained(raw, cfg)
-        out = {"model": sd, "config": cfg.to_dict(), "compat": {}, "report": report, "kind": "beit3_pretrained"}
-        print(f"BEiT-3 pretrained: {len(sd)} backbone tensors; ignored {len(report['ignored'])} other keys")
+    out = beit3_pretrained_payload(raw, config_from_args, a.img_size, a.patch_size)
+    if out is not None:
+        print(f"BEiT-3 pretrained: {len(out['model'])} backbone tensors; ignored {len(out['report']['ignored'])} "
+              "other keys")
     else:
         official = read_alvg_checkpoint(raw, use_ema=a.ema)
         sd, report = convert_alvg_state_dict(official)

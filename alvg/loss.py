@@ -54,7 +54,7 @@ from vgcore import dist
 from vgcore.boxes import box_cxcywh_to_xyxy
 from vgcore.engine import assert_finite
 from vgcore.models.losses import dice_loss, sigmoid_focal_loss
-from vgcore.models.matcher import HungarianMatcher, SetCriterion, flatten_matches, num_boxes_all_ranks
+from vgcore.models.matcher import SetLossConfig, flatten_matches, num_boxes_all_ranks
 
 __all__ = ["ALVGLossConfig", "ALVGCriterion", "LOSS_SWITCHES", "mask_target", "attention_targets",
            "score_loss", "decoder_attention_loss", "box_coverage"]
@@ -65,18 +65,9 @@ RATIO_EPS = 0.001
 
 
 @dataclass
-class ALVGLossConfig:
-    num_classes: int = 1
-    eos_coef: float = 0.1
-    cost_class: float = 1.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    weight_class: float = 1.0
-    weight_bbox: float = 5.0
-    weight_giou: float = 2.0
+class ALVGLossConfig(SetLossConfig):   # + the DETR set loss's fields (`vgcore.models.matcher.SetLossConfig`)
     weight_mask: float = 15.0            # focal
     weight_dice: float = 6.0
-    aux_loss: bool = True
     score_attn_loss_weight: float = 40.0
     decoder_attn_loss_weight: float = 1.0
     use_masks: Optional[bool] = None      # None: the mask loss / mask attention targets whenever the batch has masks
@@ -236,10 +227,7 @@ class ALVGCriterion(nn.Module):
         self.cfg = _config(args)
         self.compat = {k: bool((compat or {}).get(k, False)) for k in LOSS_SWITCHES}
         self.mask_head_probs = bool((compat or {}).get("mask_head_sigmoid_output", False))
-        c = self.cfg
-        self.matcher = HungarianMatcher(c.cost_class, c.cost_bbox, c.cost_giou)
-        self.det_weights = {"loss_class": c.weight_class, "loss_bbox": c.weight_bbox, "loss_giou": c.weight_giou}
-        self.set_criterion = SetCriterion(c.num_classes, self.matcher, self.det_weights, c.eos_coef)
+        self.matcher, self.det_weights, self.set_criterion = self.cfg.build()
 
     def weight_of(self, term: str) -> float:
         base = term.rsplit("_", 1)[0] if term.rsplit("_", 1)[-1].isdigit() else term

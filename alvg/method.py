@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import List
 
 from alvg import convert as _convert
@@ -15,13 +14,8 @@ from alvg.model import ALVG, build_model
 from alvg.recipes import (add_arch_args, add_eval_args, add_selection_args, add_train_args, build_tok,
                           compat_switches, model_config_from_args, resolve_preset, uses_masks)
 from alvg.weights import load_weights_into, read_weights
-from simvg.method import sources
-from vgcore import dist
-from vgcore.data.build import SKIP_HINT, box_options, load_split, split_file, target_policy
-from vgcore.data.checks import require_single_target
+from simvg.method import before_fit, build_adam_step, loop_config, read_records  # noqa: F401 (protocol)
 from vgcore.data.transforms import build_transforms
-from vgcore.optim import build_optimizer as _build_optimizer, build_param_groups, build_scheduler
-from vgcore.trainer import LoopConfig
 
 NAME = "ALVG"
 
@@ -97,27 +91,11 @@ def load(args) -> ALVG:
     return model
 
 
-def _split_root(args) -> str:
-    return args.split_root or (str(Path(args.data_root) / "annotations") if args.format == "seqtr" else args.data_root)
-
-
 def records(args, split: str, train: bool) -> list:
-    """The records of every source of (--dataset, split); outside grefcoco a sample without exactly one target
-    box is an error (``--skip_bad_targets``: dropped, warned)."""
-    parts = sources(args.dataset, split, train)
-    recs = []
-    for ds, sp in parts:
-        kw = {"clip": True} if args.format == "seqtr" else {}
-        part = load_split(args.format, ds, sp, split_root=_split_root(args), data_root=args.data_root,
-                          image_root=args.image_root or None, layout="seqtr", **box_options(args), **kw)
-        if args.dataset != "grefcoco":
-            part = require_single_target(part, split_file(args.format, ds, sp, _split_root(args)), target_policy(args),
-                                         needed_by=f"ALVG on {args.dataset} (REC)", hint=SKIP_HINT)
-        if len(parts) > 1:
-            part = [r.replace(extra=dict(r.extra or {}, source=f"{ds}/{sp}")) for r in part]
-        recs.extend(part)
-    if not recs:
-        raise ValueError(f"no samples in {args.format} split {split!r} of {args.dataset} under {_split_root(args)}")
+    """The records of every source of (--dataset, split) (SimVG's, `simvg.method.read_records`: outside grefcoco a
+    sample without exactly one target box is an error, ``--skip_bad_targets`` drops it with a warning); with
+    masks every targeted sample must have one, and the masks travel with the expressions (`alvg.data`)."""
+    recs = read_records(args, split, train, NAME)
     if uses_masks(args):
         missing = [r.key() for r in recs if r.mask is None and r.num_targets > 0]
         if missing:
@@ -152,44 +130,11 @@ def make_accumulators(args) -> evaluation.ALVGMetrics:
 
 def build_optimizer(args, model: ALVG, iters_per_epoch: int):
     """Adam amsgrad, betas (0.9, 0.98), eps 1e-9; BEiT-3 at lr x --lr_vis_enc_mult (0 freezes it); per-epoch
-    warm-up (e+1)/(W+1) and x --decay_ratio at each of --decay_steps; no EMA (off in every ALVG config)."""
-    freeze = [r"^beit3\."] if args.lr_vis_enc_mult == 0 else []
-    groups = build_param_groups(model, args.lr, args.weight_decay, rules=[(r"^beit3\.", {"lr_mult": args.lr_vis_enc_mult})],
-                                freeze=freeze)
-    optimizer = _build_optimizer("adam", groups, args.lr, args.weight_decay, betas=(0.9, 0.98), eps=1e-9, amsgrad=True)
-    W = args.warmup_epochs
-    scheduler = build_scheduler(optimizer, "step", epochs=args.epochs, interval="epoch",
-                                milestones=[d - 1 for d in args.decay_steps], gamma=args.decay_ratio,
-                                warmup_epochs=W, warmup_start_factor=1.0 / (W + 1) if W else 0.0)
+    warm-up (e+1)/(W+1) and x --decay_ratio at each of --decay_steps (SimVG's, `simvg.method.build_adam_step`);
+    no EMA (off in every ALVG config).  ``loop_config`` and ``before_fit`` (the official file names as links)
+    are SimVG's too."""
+    optimizer, scheduler = build_adam_step(args, model)
     return optimizer, scheduler, None
-
-
-def loop_config(args) -> LoopConfig:
-    return LoopConfig(epochs=args.epochs, output_dir=args.output_dir, resume=args.resume,
-                      eval_every=args.evaluate_interval, eval_start_epoch=args.start_evaluate_epoch,
-                      clip_max_norm=args.grad_norm_clip, accum_steps=args.accum_steps, amp=args.amp,
-                      log_every=args.log_every, checkpoint_every_steps=args.checkpoint_every_steps,
-                      max_steps=args.max_steps, stop_after_steps=args.stop_after_steps,
-                      tensorboard=bool(args.tensorboard), metric="score", mode="max")
-
-
-def _link(out: Path, name: str, target: str) -> None:
-    p = out / name
-    if not os.path.lexists(p):
-        try:
-            os.symlink(target, p)
-        except OSError:
-            pass
-
-
-def before_fit(args, model: ALVG, validate, logger):
-    """The official file names as links: latest.pth -> checkpoint.pth, det_best.pth -> best_checkpoint.pth."""
-    if dist.is_main_process():
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        _link(out, "latest.pth", "checkpoint.pth")
-        _link(out, "det_best.pth", "best_checkpoint.pth")
-    return None
 
 
 def predictions(args, model: ALVG, outputs: dict, batch) -> List[dict]:

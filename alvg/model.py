@@ -32,15 +32,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from alvg.head import HEAD_SWITCHES, ALVGHead
 from alvg.loss import LOSS_SWITCHES
-from simvg.model import postprocess_rec, query_scores
+from simvg.model import head_kwargs, postprocess_rec, query_scores
 from vgcore import dist
 from vgcore.models.beit3 import BEiT3, beit3_config, load_beit3_pretrained
 from vgcore.models.config import config_from
+from vgcore.models.detr import layer_outputs
 
 __all__ = ["ALVGConfig", "ALVG", "PRESETS", "COMPAT_SWITCHES", "LOSS_SWITCHES", "build_model", "config_from_args",
            "postprocess_rec", "query_scores"]
@@ -118,13 +118,8 @@ class ALVG(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.beit3 = BEiT3(cfg.beit3())
-        self.head = ALVGHead(
-            in_channels=self.beit3.cfg.embed_dim, embed_dim=cfg.embed_dim, num_queries=cfg.num_queries,
-            num_classes=cfg.num_classes, num_heads=cfg.num_heads, num_decoder_layers=cfg.num_decoder_layers,
-            decoder_ffn_dim=cfg.decoder_ffn_dim, num_tgqg_layers=cfg.num_tgqg_layers, tgqg_ffn_dim=cfg.tgqg_ffn_dim,
-            dropout=cfg.dropout, text_guided_query_generation=cfg.text_guided_query_generation,
-            img_enhance=cfg.img_enhance, tie_dropout=cfg.tie_dropout, mask_head=cfg.mask_head,
-            mask_channels=cfg.mask_channels, **{k: getattr(cfg, k) for k in HEAD_SWITCHES})
+        self.head = ALVGHead(**head_kwargs(cfg, self.beit3.cfg.embed_dim, "img_enhance", "tie_dropout", "mask_head",
+                                           "mask_channels", *HEAD_SWITCHES))
 
     def train(self, mode: bool = True):
         """Also, when leaving training in a distributed run: every rank takes rank 0's buffers (the mask head's
@@ -162,16 +157,9 @@ class ALVG(nn.Module):
             self._buffers_stale = True
         text_pad = text_padding_mask.bool()
         enc = self.beit3(images, text_ids, text_pad)
-        B = images.shape[0]
-        gh, gw = self.beit3.grid
-        img_feat = enc["img_tokens"].transpose(1, 2).reshape(B, -1, gh, gw)
-        img_mask = None
-        if image_padding_mask is not None:
-            img_mask = F.interpolate(image_padding_mask[:, None].float(), size=(gh, gw)).squeeze(1).bool()
+        img_feat, img_mask = self.beit3.image_grid(enc, image_padding_mask)
         out = self.head(img_feat, enc["text_tokens"], text_pad, img_mask, return_intermediates)
-        out["pred_logits"], out["pred_boxes"] = out["decoder_logits"][-1], out["decoder_boxes"][-1]
-        out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b}
-                              for a, b in zip(out["decoder_logits"][:-1], out["decoder_boxes"][:-1])]
+        out.update(layer_outputs(out["decoder_logits"], out["decoder_boxes"]))
         out["input_hw"] = tuple(images.shape[-2:])
         if return_intermediates:
             out["intermediates"].update(beit3_cls=enc["cls"], beit3_text_tokens=enc["text_tokens"],

@@ -17,6 +17,8 @@ Every recipe: Adam amsgrad (0.9, 0.98), eps 1e-9, no weight decay, BEiT-3 at lr 
 0.15, no EMA, no augmentation, 640 px.  ``--backbone tiny`` = `alvg.model.PRESETS["tiny"]` (128 px) with the
 vocabulary of ``--beit3_spm`` (synthetic runs, tests); it follows the base recipes.
 
+The table machinery and the flags of SimVG's BEiT-3 one-tower model are SimVG's (`simvg.recipes`).
+
 Masks (the mask loss, the mask-based attention targets, the RES metrics): ``--masks auto`` uses them for the
 datasets whose official configs load them (RefCOCO/+/g, gRefCOCO, RefCOCO-all) and not for ReferIt,
 Flickr30k and the mixed data (box targets for the attention losses).
@@ -24,20 +26,17 @@ Flickr30k and the mixed data (box targets for the attention losses).
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Optional
 
+from simvg import recipes as _simvg
+from simvg.recipes import ANY, BACKBONES, MODEL_PRESET, build_tok  # noqa: F401 (re-exported)
 from vgcore import cli
-from vgcore.text import build_tokenizer
 
 PRESET_NAMES = ("single", "pretrain_mixed", "pretrain_cocoall", "finetune")
 DATASETS = ("refcoco", "refcocoplus", "refcocog", "refcocoggoogle", "referit", "flickr30k", "grefcoco", "mixed",
             "cocoall")
 MASK_DATASETS = ("refcoco", "refcocoplus", "refcocog", "refcocoggoogle", "grefcoco", "cocoall")
-BACKBONES = ("beit3_base", "beit3_large", "tiny")
-MODEL_PRESET = {"beit3_base": "vitb", "beit3_large": "vitl", "tiny": "tiny"}
 
-ANY = "*"
 LARGE = "beit3_large"
 
 RECIPES = (
@@ -65,19 +64,11 @@ OFFICIAL_GPUS = {"single": {"beit3_base": 1, "beit3_large": 8, "tiny": 1}, "pret
                  "pretrain_cocoall": 8, "finetune": 8}
 
 
-def _match(selector, value: str) -> bool:
-    return selector == ANY or value == selector or (isinstance(selector, tuple) and value in selector)
-
-
 def recipe(preset: str, dataset: str, backbone: str) -> dict:
     """The official config values of one (preset, dataset, backbone): the matching `RECIPES` rows in order."""
     if preset not in PRESET_NAMES:
         raise ValueError(f"unknown ALVG preset {preset!r}; choose from {PRESET_NAMES}")
-    out: dict = {}
-    for p, d, b, values in RECIPES:
-        if _match(p, preset) and _match(d, dataset) and _match(b, backbone):
-            out.update({k: list(v) if isinstance(v, list) else v for k, v in values.items()})
-    return out
+    return _simvg.select_rows(RECIPES, preset, dataset, backbone)
 
 
 def uses_masks(args) -> bool:
@@ -88,12 +79,7 @@ def uses_masks(args) -> bool:
 
 def resolve_preset(args: argparse.Namespace) -> argparse.Namespace:
     """Fill every ``None`` flag from `recipe`; returns ``args`` (modified in place)."""
-    for k, v in recipe(args.preset, args.dataset, args.backbone).items():
-        if hasattr(args, k) and getattr(args, k) is None:
-            setattr(args, k, v)
-    if getattr(args, "num_workers", 0) is None:
-        args.num_workers = max(0, min(8, (os.cpu_count() or 1) - 1))
-    return args
+    return _simvg.fill_unset(args, recipe(args.preset, args.dataset, args.backbone))
 
 
 # ------------------------------------------------------------------------------------------------ flags
@@ -108,30 +94,19 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--masks", default="auto", choices=("auto", "on", "off"),
                    help="ground-truth masks: mask loss, mask attention targets and RES metrics (auto: the datasets "
                         "whose official config loads them); off = box targets, as ReferIt / Flickr30k")
-    g = p.add_argument_group("ALVG paths")
-    g.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root's)")
-    g.add_argument("--beit3_spm", default="./checkpoints/beit3/beit3.spm", help="XLM-R sentencepiece model")
+    _simvg.add_path_args(p, "ALVG")
 
 
 def add_arch_args(p: argparse.ArgumentParser) -> None:
     """Architecture flags (train and eval); None = preset value."""
-    g = p.add_argument_group("ALVG architecture (None = preset)")
-    g.add_argument("--img_size", type=int, default=None, help="square input (640; tiny 128)")
-    g.add_argument("--max_token", type=int, default=None, help="text tokens incl. <s> </s> (20)")
-    g.add_argument("--num_queries", type=int, default=None, help="1 (grefcoco 10)")
-    g.add_argument("--num_decoder_layers", type=int, default=None, help="decoder layers (3)")
-    g.add_argument("--num_tgqg_layers", type=int, default=None, help="text-guided query generation layers (2)")
-    g.add_argument("--drop_path_rate", type=float, default=None, help="base 0.1, large 0.0 (official typo)")
+    g = _simvg.add_beit3_arch_args(p, "ALVG", "square input (640; tiny 128)", "decoder layers (3)")
     g.add_argument("--no_img_enhance", action="store_true", help="no text-guided image enhancement (ablation)")
     g = p.add_argument_group("compat switches (official numerics; --official_compat = all)")
     g.add_argument("--official_compat", action="store_true",
                    help="every switch below (+ --batch_mean_metric at eval); on for official checkpoints")
     for name, text in COMPAT_HELP.items():
         g.add_argument("--" + name, action="store_true", help=text)
-    g = p.add_argument_group("weights")
-    g.add_argument("--trust_pickle", action="store_true",
-                   help="read checkpoints that a weights-only load refuses with full unpickling (it can run code "
-                        "stored in the file): only for files you trust")
+    _simvg.add_weights_args(p)
 
 
 COMPAT_HELP = {
@@ -163,20 +138,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                  epochs="training epochs (None = preset: 30; grefcoco 250; finetune 10)",
                  warmup_epochs="epochs of linear lr warm-up, (e+1)/(W+1) (None = preset: 3)")
     g = p.add_argument_group("ALVG optimisation and loss (None = preset)")
-    g.add_argument("--lr_vis_enc_mult", type=float, default=None, help="BEiT-3 lr = lr x this (0.1; 0 freezes BEiT-3)")
-    g.add_argument("--decay_steps", type=int, nargs="+", default=None, help="lr x decay_ratio when e+1 >= each")
-    g.add_argument("--decay_ratio", type=float, default=None, help="lr factor at each of --decay_steps (0.1)")
-    g.add_argument("--grad_norm_clip", type=float, default=None, help="0 = off (official 0.15)")
+    _simvg.add_schedule_args(g)
     g.add_argument("--score_attn_loss_weight", type=float, default=None,
                    help="TIE score-map loss weight (40; ViT-B RefCOCO+ 16; ViT-L 32; grefcoco 0)")
     g.add_argument("--decoder_attn_loss_weight", type=float, default=None,
                    help="decoder attention loss weight (1; grefcoco 0)")
     g.add_argument("--no_attn_loss", action="store_true", help="both attention losses off (ablation)")
-    g = p.add_argument_group("ALVG evaluation schedule (None = preset)")
-    g.add_argument("--evaluate_interval", type=int, default=None, help="epochs between validations")
-    g.add_argument("--start_evaluate_epoch", type=int, default=None, help="no validation before this epoch")
-    g.add_argument("--batch_mean_metric", action="store_true",
-                   help="also report the official batch-averaged numbers (on with --official_compat)")
+    _simvg.add_validation_args(p, "ALVG", "also report the official batch-averaged numbers (on with --official_compat)")
     cli.add_data_args(p, only=("data_root", "split_root", "format", "train_split", "val_split", "num_workers",
                                "batch_size", "eval_batch_size", "box_convention", "skip_bad_targets"), **DATA_DEFAULTS)
     cli.add_dist_args(p, skip=("world_size",))
@@ -217,20 +185,10 @@ def compat_switches(args) -> dict:
     return {k: on or bool(getattr(args, k, False)) for k in COMPAT_HELP}
 
 
-def build_tok(args, model_cfg=None):
-    max_len = model_cfg.max_text_len if model_cfg is not None else (args.max_token or 20)
-    tiny = args.backbone == "tiny" or (model_cfg is not None and model_cfg.backbone == "tiny")
-    return build_tokenizer("beit3", max_len=max_len, vocab_file=args.beit3_spm, **({"min_vocab": 1} if tiny else {}))
-
-
 def model_config_from_args(args, vocab_size: Optional[int] = None) -> dict:
-    d = dict(preset=MODEL_PRESET[args.backbone], img_size=args.img_size, num_queries=args.num_queries,
-             num_decoder_layers=args.num_decoder_layers, num_tgqg_layers=args.num_tgqg_layers,
-             drop_path_rate=args.drop_path_rate, max_text_len=args.max_token, **compat_switches(args))
+    """SimVG's model config of the flags (`simvg.recipes.model_config_from_args`) with ALVG's compat switches and
+    ``--no_img_enhance``."""
+    d = _simvg.model_config_from_args(args, vocab_size, switches=compat_switches(args))
     if getattr(args, "no_img_enhance", False):
         d["img_enhance"] = False
-    if args.backbone == "tiny":
-        if vocab_size is None:
-            vocab_size = build_tok(args).vocab_size
-        d["vocab_size"] = int(vocab_size)
-    return {k: v for k, v in d.items() if v is not None}
+    return d

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 from alvg import convert
 from alvg.model import ALVG
-from vgcore.checkpoint import ConversionError, group_keys, torch_load, unwrap
+from simvg.weights import state_and_config
+from vgcore.checkpoint import torch_load
 
 
 def read_weights(path: str, *, trust_pickle: bool = False):
     """(state dict in our layout, stored config or None, 'ours' | 'converted' | 'official') from any ALVG file
     (read once, weights-only unless ``trust_pickle``): our model file or training checkpoint, an `alvg.convert`
-    payload, or an official checkpoint (``state_dict``; a ``module.`` prefix is stripped)."""
+    payload, or an official checkpoint (``state_dict``; a ``module.`` prefix is stripped): SimVG's reader
+    (`simvg.weights.state_and_config`) with ALVG's converter."""
     raw = torch_load(path, trust_pickle=trust_pickle)
-    cfg = None
-    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-        cfg = raw.get("config")
-        if cfg is None and isinstance(raw.get("extra"), dict):
-            cfg = raw["extra"].get("config")
-        sd = unwrap(raw["model"])
-    else:
-        sd = unwrap(raw)
-    if not any(k.startswith("vis_enc.") for k in sd):
-        kind = "converted" if isinstance(raw, dict) and "compat" in raw else "ours"
-        if kind == "converted" and isinstance(cfg, dict):
-            cfg = dict(cfg, **raw["compat"])
-        return sd, cfg if isinstance(cfg, dict) else None, kind
-    cfg = convert.config_from_state_dict(sd)
-    sd, rep = convert.convert_alvg_state_dict(sd)
-    if rep["unmapped"]:
-        raise ConversionError(f"{path}: official ALVG checkpoint with keys no rule maps:\n  "
-                              + "\n  ".join(group_keys(rep["unmapped"])))
-    cfg.update(rep["compat"])
-    return sd, cfg, "official"
+    return state_and_config(raw, path, "ALVG", convert.config_from_state_dict, convert.convert_alvg_state_dict)
 
 
 def load_weights_into(model: ALVG, path: str, logger=None, *, trust_pickle: bool = False) -> str:

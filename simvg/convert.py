@@ -166,6 +166,29 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
     Head counts cannot be read from shapes: the official values are assumed (BEiT-3 base 12 / large 16 heads,
     head 8 heads); pass ``overrides`` (e.g. ``num_heads``, ``backbone_overrides``) for other models."""
     sd = unwrap(sd)
+    cfg = official_backbone_config(sd)
+    cfg.update(
+        embed_dim=sd["head.query_embed.weight"].shape[1], num_queries=sd["head.query_embed.weight"].shape[0],
+        num_classes=sd["head.class_embed_decoder.weight"].shape[0] - 1,
+        num_decoder_layers=count_indices(sd, "head.transformer.decoder.layers."),
+        decoder_ffn_dim=sd["head.transformer.decoder.layers.0.ffns.0.layers.0.0.weight"].shape[0],
+        num_token_mlp_layers=count_indices(sd, "head.mlp.layers."),
+    )
+    cfg.update(official_tgqg_config(sd))
+    cfg.update(overrides)
+    return cfg
+
+
+def count_indices(sd: Dict[str, torch.Tensor], prefix: str) -> int:
+    """How many distinct ``<prefix><i>.`` indices the keys of ``sd`` hold (layers of a module list)."""
+    return len({int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m})
+
+
+def official_backbone_config(sd: Dict[str, torch.Tensor]) -> dict:
+    """The BEiT-3 part of a config inferred from an official SimVG-family state dict (``vis_enc.beit3.*``):
+    backbone (base / large by width), img_size, patch_size, vocab_size, drop_path_rate (the official 0.1 for
+    base, 0 for large) and ``backbone_overrides`` when depth / width / FFN are not a preset's (heads = width / 64)."""
+    sd = unwrap(sd)
     D = sd["vis_enc.beit3.text_embed.weight"].shape[1]
     vocab = sd["vis_enc.beit3.text_embed.weight"].shape[0]
     patch = sd["vis_enc.beit3.vision_embed.proj.weight"].shape[-1]
@@ -174,30 +197,21 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
     n_layers = 1 + max(int(m.group(1)) for k in sd for m in [re.match(r"vis_enc\.beit3\.encoder\.layers\.(\d+)\.", k)] if m)
     ffn = sd["vis_enc.beit3.encoder.layers.0.ffn.A.fc1.weight"].shape[0]
     backbone = {768: "base", 1024: "large"}.get(D)
-
-    def count(prefix):
-        idx = {int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
-        return len(idx)
-
-    cfg = dict(
-        backbone=backbone or "base", img_size=g * patch, patch_size=patch, vocab_size=vocab,
-        drop_path_rate=0.1 if backbone == "base" else 0.0,
-        embed_dim=sd["head.query_embed.weight"].shape[1], num_queries=sd["head.query_embed.weight"].shape[0],
-        num_classes=sd["head.class_embed_decoder.weight"].shape[0] - 1,
-        num_decoder_layers=count("head.transformer.decoder.layers."),
-        decoder_ffn_dim=sd["head.transformer.decoder.layers.0.ffns.0.layers.0.0.weight"].shape[0],
-        num_token_mlp_layers=count("head.mlp.layers."),
-    )
+    cfg = dict(backbone=backbone or "base", img_size=g * patch, patch_size=patch, vocab_size=vocab,
+               drop_path_rate=0.1 if backbone == "base" else 0.0)
     if backbone is None or (backbone == "base" and (n_layers, ffn) != (12, 3072)) or \
             (backbone == "large" and (n_layers, ffn) != (24, 4096)):
-        cfg["backbone_overrides"] = dict(embed_dim=D, num_layers=n_layers, ffn_dim=ffn,
-                                         num_heads=max(1, D // 64))
-    n_tgqg = count("head.text_guided_query_generation_transformer.layers.")
-    cfg["text_guided_query_generation"] = n_tgqg > 0
+        cfg["backbone_overrides"] = dict(embed_dim=D, num_layers=n_layers, ffn_dim=ffn, num_heads=max(1, D // 64))
+    return cfg
+
+
+def official_tgqg_config(sd: Dict[str, torch.Tensor]) -> dict:
+    """text_guided_query_generation (and its layer count and FFN width) of an official state dict."""
+    n_tgqg = count_indices(sd, "head.text_guided_query_generation_transformer.layers.")
+    cfg = {"text_guided_query_generation": n_tgqg > 0}
     if n_tgqg:
         cfg["num_tgqg_layers"] = n_tgqg
         cfg["tgqg_ffn_dim"] = sd["head.text_guided_query_generation_transformer.layers.0.ffns.0.layers.0.0.weight"].shape[0]
-    cfg.update(overrides)
     return cfg
 
 
@@ -222,28 +236,39 @@ def _is_beit3_pretrained(sd: Dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("beit3.") for k in sd) and not any(k.startswith(("vis_enc.", "module.vis_enc.")) for k in sd)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="Convert an official SimVG (or BEiT-3 pretrained) checkpoint to ours.")
-    p.add_argument("--src", required=True, help="official SimVG checkpoint (.pth) or BEiT-3 pretrained .pth/.zip")
+def converter_parser(method: str) -> argparse.ArgumentParser:
+    """The command line of ``python -m <method>.convert`` (SimVG and the methods built on it)."""
+    p = argparse.ArgumentParser(description=f"Convert an official {method} (or BEiT-3 pretrained) checkpoint to ours.")
+    p.add_argument("--src", required=True, help=f"official {method} checkpoint (.pth) or BEiT-3 pretrained .pth/.zip")
     p.add_argument("--dst", required=True, help="output file (torch.save dict with model/config/compat/report)")
     p.add_argument("--ema", action="store_true", help="take ema_state_dict instead of state_dict")
     p.add_argument("--img-size", type=int, default=640, help="BEiT-3 pretrained only: target input size")
     p.add_argument("--patch-size", type=int, default=32, help="BEiT-3 pretrained only: target patch size")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="SimVG checkpoints: override an inferred config key (value parsed as JSON), repeatable")
+                   help=f"{method} checkpoints: override an inferred config key (value parsed as JSON), repeatable")
     p.add_argument("--trust_pickle", action="store_true",
                    help="unpickle --src fully if a weights-only load refuses it (it could run code): trusted files only")
-    a = p.parse_args(argv)
+    return p
+
+
+def beit3_pretrained_payload(raw, config_from_args, img_size: int, patch_size: int) -> Optional[dict]:
+    """When ``raw`` (a loaded file) is a BEiT-3 pretrained checkpoint: the converter's payload (backbone tensors,
+    the config of ``config_from_args`` at vitb / vitl by width, ``img_size`` and ``patch_size``); else None."""
+    if not (isinstance(raw, dict) and isinstance(raw.get("model"), dict) and _is_beit3_pretrained(raw["model"])):
+        return None
+    D = raw["model"]["beit3.text_embed.weight"].shape[1]
+    cfg = config_from_args({"preset": "vitl" if D == 1024 else "vitb", "img_size": img_size, "patch_size": patch_size})
+    sd, report = convert_beit3_pretrained(raw, cfg)
+    return {"model": sd, "config": cfg.to_dict(), "compat": {}, "report": report, "kind": "beit3_pretrained"}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    a = converter_parser("SimVG").parse_args(argv)
     overrides = parse_key_values(a.set)
     raw = torch_load(a.src, trust_pickle=a.trust_pickle)
-    if isinstance(raw, dict) and "model" in raw and _is_beit3_pretrained(raw["model"]):
-        from simvg.model import config_from_args
-        D = raw["model"]["beit3.text_embed.weight"].shape[1]
-        cfg = config_from_args({"preset": "vitl" if D == 1024 else "vitb", "img_size": a.img_size,
-                                "patch_size": a.patch_size})
-        sd, report = convert_beit3_pretrained(raw, cfg)
-        out = {"model": sd, "config": cfg.to_dict(), "compat": {}, "report": report, "kind": "beit3_pretrained"}
-    else:
+    from simvg.model import config_from_args
+    out = beit3_pretrained_payload(raw, config_from_args, a.img_size, a.patch_size)
+    if out is None:
         official = read_simvg_checkpoint(raw, use_ema=a.ema)
         sd, report = convert_simvg_state_dict(official)
         if report["unmapped"]:

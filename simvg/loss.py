@@ -34,8 +34,8 @@ from torch import nn
 
 from vgcore.boxes import box_cxcywh_to_xyxy, box_iou_elementwise
 from vgcore.engine import assert_finite
-from vgcore.models.matcher import (HungarianMatcher, SetCriterion, flatten_matches, num_boxes_all_ranks, pad_targets,
-                                   weighted_sum)
+from vgcore.models.matcher import (HungarianMatcher, SetLossConfig, flatten_matches, num_boxes_all_ranks,
+                                   pad_targets, weighted_sum)
 
 _MATCHED = ("decoder_logits", "decoder_boxes", "token_logits", "token_boxes")
 
@@ -49,16 +49,7 @@ LOSS_PRESETS = {
 
 
 @dataclass
-class SimVGLossConfig:
-    num_classes: int = 1
-    eos_coef: float = 0.1
-    cost_class: float = 1.0
-    cost_bbox: float = 5.0
-    cost_giou: float = 2.0
-    weight_class: float = 1.0
-    weight_bbox: float = 5.0
-    weight_giou: float = 2.0
-    aux_loss: bool = True
+class SimVGLossConfig(SetLossConfig):
     lambda_decoder: float = 1.0
     lambda_token: float = 2.0
     lambda_distill: float = 1.0
@@ -140,9 +131,7 @@ class SimVGCriterion(nn.Module):
         super().__init__()
         self.cfg = _config(args)
         c = self.cfg
-        self.matcher = HungarianMatcher(c.cost_class, c.cost_bbox, c.cost_giou)
-        self.weight_dict = {"loss_class": c.weight_class, "loss_bbox": c.weight_bbox, "loss_giou": c.weight_giou}
-        self.set_criterion = SetCriterion(c.num_classes, self.matcher, self.weight_dict, c.eos_coef)
+        self.matcher, self.weight_dict, self.set_criterion = c.build()
 
     def forward(self, outputs: Dict[str, Any], batch) -> Dict[str, torch.Tensor]:
         c = self.cfg

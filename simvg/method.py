@@ -115,6 +115,11 @@ def is_multi_source(dataset: str, split: str = "val") -> bool:
 def records(args, split: str, train: bool) -> list:
     """The records of every source of (--dataset, split); several sources are tagged ``extra['source']``.  Outside
     grefcoco a sample without exactly one target box is an error (``--skip_bad_targets``: dropped, warned)."""
+    return read_records(args, split, train, NAME)
+
+
+def read_records(args, split: str, train: bool, method_name: str) -> list:
+    """`records` of a method built on SimVG's data handling (``method_name`` names it in errors)."""
     parts = sources(args.dataset, split, train)
     recs = []
     for ds, sp in parts:
@@ -123,7 +128,7 @@ def records(args, split: str, train: bool) -> list:
                           image_root=args.image_root or None, layout="seqtr", **box_options(args), **kw)
         if args.dataset != "grefcoco":  # REC: one box per expression; gRefCOCO has no- and multi-target samples
             part = require_single_target(part, split_file(args.format, ds, sp, _split_root(args)), target_policy(args),
-                                         needed_by=f"SimVG on {args.dataset} (REC)", hint=SKIP_HINT)
+                                         needed_by=f"{method_name} on {args.dataset} (REC)", hint=SKIP_HINT)
         if len(parts) > 1:
             part = [r.replace(extra=dict(r.extra or {}, source=f"{ds}/{sp}")) for r in part]
         recs.extend(part)
@@ -150,6 +155,15 @@ def build_optimizer(args, model: SimVG, iters_per_epoch: int):
     """Adam amsgrad, betas (0.9, 0.98), eps 1e-9; BEiT-3 at lr x --lr_vis_enc_mult (0 freezes it: not an
     official setting, the tiny synthetic recipes use it); per-epoch warm-up (e+1)/(W+1) and x --decay_ratio at
     each of --decay_steps; EMA of the whole state with --ema."""
+    optimizer, scheduler = build_adam_step(args, model)
+    ema = ModelEMA(model, decay=args.ema_factor, warmup="ratio") if args.ema else None
+    return optimizer, scheduler, ema
+
+
+def build_adam_step(args, model):
+    """The official optimiser and schedule: Adam amsgrad, betas (0.9, 0.98), eps 1e-9; BEiT-3 (``beit3.*``) at
+    lr x --lr_vis_enc_mult (0 freezes it); per-epoch warm-up (e+1)/(W+1) and x --decay_ratio at each of
+    --decay_steps.  Returns (optimizer, scheduler)."""
     freeze = [r"^beit3\."] if args.lr_vis_enc_mult == 0 else []
     groups = build_param_groups(model, args.lr, args.weight_decay, rules=[(r"^beit3\.", {"lr_mult": args.lr_vis_enc_mult})],
                                 freeze=freeze)
@@ -158,8 +172,7 @@ def build_optimizer(args, model: SimVG, iters_per_epoch: int):
     scheduler = build_scheduler(optimizer, "step", epochs=args.epochs, interval="epoch",
                                 milestones=[d - 1 for d in args.decay_steps], gamma=args.decay_ratio,
                                 warmup_epochs=W, warmup_start_factor=1.0 / (W + 1) if W else 0.0)
-    ema = ModelEMA(model, decay=args.ema_factor, warmup="ratio") if args.ema else None
-    return optimizer, scheduler, ema
+    return optimizer, scheduler
 
 
 def loop_config(args) -> LoopConfig:
@@ -180,7 +193,7 @@ def _link(out: Path, name: str, target: str) -> None:
             pass
 
 
-def before_fit(args, model: SimVG, validate, logger) -> Optional[float]:
+def before_fit(args, model, validate, logger) -> Optional[float]:
     """The official file names as links: latest.pth -> checkpoint.pth, det_best.pth -> best_checkpoint.pth."""
     if dist.is_main_process():
         out = Path(args.output_dir)

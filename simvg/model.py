@@ -30,16 +30,26 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vgcore.models.config import config_from
 from vgcore.models.beit3 import BEiT3, beit3_config, load_beit3_pretrained
+from vgcore.models.detr import layer_outputs
 from vgcore.boxes import box_cxcywh_to_xyxy
 
 from simvg.head import SimVGHead
 
-__all__ = ["SimVGConfig", "SimVG", "PRESETS", "build_model", "config_from_args", "postprocess_rec", "query_scores"]
+__all__ = ["SimVGConfig", "SimVG", "PRESETS", "build_model", "config_from_args", "postprocess_rec", "query_scores",
+           "head_kwargs"]
+
+HEAD_FIELDS = ("embed_dim", "num_queries", "num_classes", "num_heads", "num_decoder_layers", "decoder_ffn_dim",
+               "num_tgqg_layers", "tgqg_ffn_dim", "dropout", "text_guided_query_generation")
+
+
+def head_kwargs(cfg, in_channels: int, *fields: str) -> dict:
+    """The keyword arguments of a head with text-guided queries (SimVG's and the methods built on it): the
+    BEiT-3 width ``in_channels`` and the config's `HEAD_FIELDS` plus ``fields``."""
+    return dict(in_channels=in_channels, **{k: getattr(cfg, k) for k in HEAD_FIELDS + tuple(fields)})
 
 
 @dataclass
@@ -106,14 +116,8 @@ class SimVG(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.beit3 = BEiT3(cfg.beit3())
-        self.head = SimVGHead(
-            in_channels=self.beit3.cfg.embed_dim, embed_dim=cfg.embed_dim, num_queries=cfg.num_queries,
-            num_classes=cfg.num_classes, num_heads=cfg.num_heads, num_decoder_layers=cfg.num_decoder_layers,
-            decoder_ffn_dim=cfg.decoder_ffn_dim, num_tgqg_layers=cfg.num_tgqg_layers,
-            tgqg_ffn_dim=cfg.tgqg_ffn_dim, dropout=cfg.dropout, num_token_mlp_layers=cfg.num_token_mlp_layers,
-            text_guided_query_generation=cfg.text_guided_query_generation,
-            share_predicthead=cfg.share_predicthead, text_maxpool_int64_mask=cfg.text_maxpool_int64_mask,
-            text_pos_embed_1d_degenerate=cfg.text_pos_embed_1d_degenerate)
+        self.head = SimVGHead(**head_kwargs(cfg, self.beit3.cfg.embed_dim, "num_token_mlp_layers", "share_predicthead",
+                                            "text_maxpool_int64_mask", "text_pos_embed_1d_degenerate"))
 
     def set_compat(self, **switches) -> None:
         """Turn compat switches on/off after construction (e.g. with the dict `simvg.convert` returns)."""
@@ -137,18 +141,10 @@ class SimVG(nn.Module):
         text_pad = text_padding_mask.bool()
         # TB only: the patch tokens' last-layer work is skipped (the TB reads the object token and the text)
         enc = self.beit3(images, text_ids, text_pad, vision_queries=1 if branch == "token" else None)
-        B = images.shape[0]
-        gh, gw = self.beit3.grid
-        img_feat = img_mask = None
-        if "img_tokens" in enc:
-            img_feat = enc["img_tokens"].transpose(1, 2).reshape(B, -1, gh, gw)
-        if image_padding_mask is not None and branch != "token":
-            img_mask = F.interpolate(image_padding_mask[:, None].float(), size=(gh, gw)).squeeze(1).bool()
+        img_feat, img_mask = self.beit3.image_grid(enc, image_padding_mask if branch != "token" else None)
         out = self.head(img_feat, enc["cls"], enc["text_tokens"], text_pad, img_mask, branch, return_intermediates)
         if "decoder_logits" in out:
-            out["pred_logits"], out["pred_boxes"] = out["decoder_logits"][-1], out["decoder_boxes"][-1]
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b}
-                                  for a, b in zip(out["decoder_logits"][:-1], out["decoder_boxes"][:-1])]
+            out.update(layer_outputs(out["decoder_logits"], out["decoder_boxes"]))
         else:
             out["pred_logits"], out["pred_boxes"] = out["token_logits"], out["token_boxes"]
             out["aux_outputs"] = []

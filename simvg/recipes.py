@@ -8,6 +8,10 @@ are the official config files (configs/simvg/...): one-stage, two-stage (1 and 2
 mixed / COCO-all data, fine-tuning and distillation, each for BEiT-3 base / large.  ``--backbone tiny`` =
 `simvg.model.PRESETS["tiny"]` (a small random-init BEiT-3 at 128 px) with the vocabulary size of
 ``--beit3_spm`` (synthetic runs, tests); it follows the base recipes.
+
+The table machinery (`select_rows`, `fill_unset`) and the flags every method built on SimVG's BEiT-3 one-tower
+model shares (`add_path_args`, `add_beit3_arch_args`, `add_weights_args`, `add_schedule_args`, `build_tok`,
+`model_config_from_args`) are public: ALVG (a SimVG fork) uses them with its own table and flags.
 """
 from __future__ import annotations
 
@@ -81,27 +85,38 @@ def _match(selector, value: str) -> bool:
     return selector == ANY or value == selector or (isinstance(selector, tuple) and value in selector)
 
 
+def select_rows(rows, *values: str) -> dict:
+    """The values of every row ``(*selectors, dict)`` of a recipe table whose selectors all match ``values``,
+    applied in order (later rows win; lists are copied)."""
+    out: dict = {}
+    for *selectors, row in rows:
+        if all(_match(sel, v) for sel, v in zip(selectors, values)):
+            out.update({k: list(v) if isinstance(v, list) else v for k, v in row.items()})
+    return out
+
+
 def recipe(preset: str, dataset: str, backbone: str, pretrain_from: str = "cocoall") -> dict:
     """The official config values of one (preset, dataset, backbone, pretrain_from): the matching `RECIPES`
     rows applied in order."""
     if preset not in PRESET_NAMES:
         raise ValueError(f"unknown SimVG preset {preset!r}; choose from {PRESET_NAMES}")
-    out: dict = {}
-    for p, d, b, f, values in RECIPES:
-        if _match(p, preset) and _match(d, dataset) and _match(b, backbone) and _match(f, pretrain_from):
-            out.update({k: list(v) if isinstance(v, list) else v for k, v in values.items()})
-    return out
+    return select_rows(RECIPES, preset, dataset, backbone, pretrain_from)
+
+
+def fill_unset(args: argparse.Namespace, values: dict) -> argparse.Namespace:
+    """Every flag of ``args`` that is ``None`` takes its entry of ``values``; ``--num_workers`` None becomes
+    min(8, cores - 1).  Returns ``args`` (modified in place)."""
+    for k, v in values.items():
+        if hasattr(args, k) and getattr(args, k) is None:
+            setattr(args, k, v)
+    if getattr(args, "num_workers", 0) is None:
+        args.num_workers = max(0, min(8, (os.cpu_count() or 1) - 1))
+    return args
 
 
 def resolve_preset(args: argparse.Namespace) -> argparse.Namespace:
     """Fill every ``None`` flag from `recipe`; returns ``args`` (modified in place)."""
-    r = recipe(args.preset, args.dataset, args.backbone, args.pretrain_from)
-    for k, v in r.items():
-        if hasattr(args, k) and getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.num_workers is None:
-        args.num_workers = max(0, min(8, (os.cpu_count() or 1) - 1))
-    return args
+    return fill_unset(args, recipe(args.preset, args.dataset, args.backbone, args.pretrain_from))
 
 
 # ------------------------------------------------------------------------------------------------ flags
@@ -115,20 +130,55 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
                    help="BEiT-3 base / large (patch 32); 'tiny' = small random-init model for synthetic runs")
     g.add_argument("--pretrain_from", default="cocoall", choices=("mixed", "cocoall"),
                    help="finetune/distill presets: which pre-training recipe they follow")
-    g = p.add_argument_group("SimVG paths")
+    add_path_args(p, "SimVG")
+
+
+def add_path_args(p: argparse.ArgumentParser, method: str) -> None:
+    """``--image_root`` and ``--beit3_spm`` (group "<method> paths")."""
+    g = p.add_argument_group(f"{method} paths")
     g.add_argument("--image_root", default="", help="one image folder for every source (overrides --data_root's)")
     g.add_argument("--beit3_spm", default="./checkpoints/beit3/beit3.spm", help="XLM-R sentencepiece model")
 
 
-def add_arch_args(p: argparse.ArgumentParser) -> None:
-    """Architecture flags (train and eval); None = preset value."""
-    g = p.add_argument_group("SimVG architecture (None = preset)")
-    g.add_argument("--img_size", type=int, default=None, help="square input (640; pretrain_cocoall 512; tiny 128)")
+def add_beit3_arch_args(p: argparse.ArgumentParser, method: str, img_size_help: str, decoder_help: str):
+    """The architecture flags of the BEiT-3 one-tower model with text-guided queries (None = preset); returns
+    the group (``<method> architecture``) for a method's own flags."""
+    g = p.add_argument_group(f"{method} architecture (None = preset)")
+    g.add_argument("--img_size", type=int, default=None, help=img_size_help)
     g.add_argument("--max_token", type=int, default=None, help="text tokens incl. <s> </s> (20)")
     g.add_argument("--num_queries", type=int, default=None, help="1 (grefcoco 10)")
-    g.add_argument("--num_decoder_layers", type=int, default=None, help="DB decoder layers (3)")
+    g.add_argument("--num_decoder_layers", type=int, default=None, help=decoder_help)
     g.add_argument("--num_tgqg_layers", type=int, default=None, help="text-guided query generation layers (2)")
     g.add_argument("--drop_path_rate", type=float, default=None, help="base 0.1, large 0.0 (official typo)")
+    return g
+
+
+def add_weights_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("weights")
+    g.add_argument("--trust_pickle", action="store_true",
+                   help="read checkpoints that a weights-only load refuses with full unpickling (it can run code "
+                        "stored in the file): only for files you trust")
+
+
+def add_schedule_args(g) -> None:
+    """The optimisation flags of the official recipes, into group ``g`` (None = preset)."""
+    g.add_argument("--lr_vis_enc_mult", type=float, default=None, help="BEiT-3 lr = lr x this (0.1; 0 freezes BEiT-3)")
+    g.add_argument("--decay_steps", type=int, nargs="+", default=None, help="lr x decay_ratio when e+1 >= each")
+    g.add_argument("--decay_ratio", type=float, default=None, help="lr factor at each of --decay_steps (0.1)")
+    g.add_argument("--grad_norm_clip", type=float, default=None, help="0 = off (official 0.15)")
+
+
+def add_validation_args(p: argparse.ArgumentParser, method: str, batch_mean_help: str) -> None:
+    """The validation schedule of a training run (None = preset) and ``--batch_mean_metric``."""
+    g = p.add_argument_group(f"{method} evaluation schedule (None = preset)")
+    g.add_argument("--evaluate_interval", type=int, default=None, help="epochs between validations")
+    g.add_argument("--start_evaluate_epoch", type=int, default=None, help="no validation before this epoch")
+    g.add_argument("--batch_mean_metric", action="store_true", help=batch_mean_help)
+
+
+def add_arch_args(p: argparse.ArgumentParser) -> None:
+    """Architecture flags (train and eval); None = preset value."""
+    add_beit3_arch_args(p, "SimVG", "square input (640; pretrain_cocoall 512; tiny 128)", "DB decoder layers (3)")
     g = p.add_argument_group("compat switches (official numerics)")
     g.add_argument("--official_compat", action="store_true",
                    help="= --text_pool_compat --text_pos_compat (+ --batch_mean_metric at eval)")
@@ -136,10 +186,7 @@ def add_arch_args(p: argparse.ArgumentParser) -> None:
                    help="text max-pool = max of projected tokens 18/19 (int64-mask indexing)")
     g.add_argument("--text_pos_compat", action="store_true",
                    help="degenerate 1-D sine text position encoding")
-    g = p.add_argument_group("weights")
-    g.add_argument("--trust_pickle", action="store_true",
-                   help="read checkpoints that a weights-only load refuses with full unpickling (it can run code "
-                        "stored in the file): only for files you trust")
+    add_weights_args(p)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -158,10 +205,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                  warmup_epochs="epochs of linear lr warm-up, (e+1)/(W+1) (None = preset: 3)",
                  ema="EMA of the weights (None = preset: on only in the base twostage_1 RefCOCO-family recipes)")
     g = p.add_argument_group("SimVG optimisation (None = preset)")
-    g.add_argument("--lr_vis_enc_mult", type=float, default=None, help="BEiT-3 lr = lr x this (0.1; 0 freezes BEiT-3)")
-    g.add_argument("--decay_steps", type=int, nargs="+", default=None, help="lr x decay_ratio when e+1 >= each")
-    g.add_argument("--decay_ratio", type=float, default=None, help="lr factor at each of --decay_steps (0.1)")
-    g.add_argument("--grad_norm_clip", type=float, default=None, help="0 = off (official 0.15)")
+    add_schedule_args(g)
     g.add_argument("--ema_factor", type=float, default=None, help="EMA decay with --ema (0.999)")
     g.add_argument("--lsj", dest="lsj", action="store_true", default=None, help="LargeScaleJitter(0.3, 1.4)")
     g.add_argument("--no_lsj", dest="lsj", action="store_false",
@@ -171,11 +215,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="token-branch (TB) loss weight (2.0); 0 with --distill_weight 0 = TB off")
     g.add_argument("--distill_weight", type=float, default=None,
                    help="DB -> TB distillation loss weight (1.0; 0 in DB-only presets)")
-    g = p.add_argument_group("SimVG evaluation schedule (None = preset)")
-    g.add_argument("--evaluate_interval", type=int, default=None, help="epochs between validations")
-    g.add_argument("--start_evaluate_epoch", type=int, default=None, help="no validation before this epoch")
-    g.add_argument("--batch_mean_metric", action="store_true",
-                   help="also report the official mean of per-batch accuracies (on with --official_compat)")
+    add_validation_args(p, "SimVG", "also report the official mean of per-batch accuracies (on with --official_compat)")
     cli.add_data_args(p, only=("data_root", "split_root", "format", "train_split", "val_split", "num_workers",
                                "batch_size", "eval_batch_size", "box_convention", "skip_bad_targets"), **DATA_DEFAULTS)
     cli.add_dist_args(p, skip=("world_size",))
@@ -227,10 +267,13 @@ def build_tok(args, model_cfg=None):
     return build_tokenizer("beit3", max_len=max_len, vocab_file=args.beit3_spm, **kw)
 
 
-def model_config_from_args(args, vocab_size: Optional[int] = None) -> dict:
+def model_config_from_args(args, vocab_size: Optional[int] = None, switches: Optional[dict] = None) -> dict:
+    """The model config of the flags (None = preset); ``switches``: the compat switches (default SimVG's,
+    `compat_switches`); ``--backbone tiny`` takes the vocabulary size of ``--beit3_spm``."""
+    switches = compat_switches(args) if switches is None else switches
     d = dict(preset=MODEL_PRESET[args.backbone], img_size=args.img_size, num_queries=args.num_queries,
              num_decoder_layers=args.num_decoder_layers, num_tgqg_layers=args.num_tgqg_layers,
-             drop_path_rate=args.drop_path_rate, max_text_len=args.max_token, **compat_switches(args))
+             drop_path_rate=args.drop_path_rate, max_text_len=args.max_token, **switches)
     if args.backbone == "tiny":
         if vocab_size is None:
             vocab_size = build_tok(args).vocab_size

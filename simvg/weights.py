@@ -13,9 +13,19 @@ def read_weights(path: str, use_ema: bool = False, *, trust_pickle: bool = False
     (``use_ema``: its ``ema`` shadow), a `simvg.convert` payload, or an official det_best.pth (``use_ema``: its
     ``ema_state_dict``; a ``module.`` prefix is stripped)."""
     raw = torch_load(path, trust_pickle=trust_pickle)
+    return state_and_config(raw, path, "SimVG", convert.config_from_state_dict, convert.convert_simvg_state_dict,
+                            lambda r: convert.read_simvg_checkpoint(r, use_ema=use_ema), use_ema)
+
+
+def state_and_config(raw, path: str, method: str, config_from_state_dict, convert_state_dict, official_reader=None,
+                     use_ema: bool = False):
+    """`read_weights` of a loaded file ``raw``, for SimVG and the methods built on it: ``config_from_state_dict``
+    and ``convert_state_dict`` are the method's converter functions; ``official_reader(raw)`` reads an official
+    ``state_dict`` / ``ema_state_dict`` file (None: such a file is unwrapped as it is)."""
     cfg = None
-    if isinstance(raw, dict) and ("state_dict" in raw or "ema_state_dict" in raw) and "model" not in raw:
-        sd = convert.read_simvg_checkpoint(raw, use_ema=use_ema)
+    if official_reader is not None and isinstance(raw, dict) and ("state_dict" in raw or "ema_state_dict" in raw) \
+            and "model" not in raw:
+        sd = official_reader(raw)
     elif isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         cfg = raw.get("config")
         if cfg is None and isinstance(raw.get("extra"), dict):
@@ -31,10 +41,10 @@ def read_weights(path: str, use_ema: bool = False, *, trust_pickle: bool = False
         if kind == "converted" and isinstance(cfg, dict):
             cfg = dict(cfg, **raw["compat"])
         return sd, cfg if isinstance(cfg, dict) else None, kind
-    cfg = convert.config_from_state_dict(sd)
-    sd, rep = convert.convert_simvg_state_dict(sd)
+    cfg = config_from_state_dict(sd)
+    sd, rep = convert_state_dict(sd)
     if rep["unmapped"]:
-        raise ConversionError(f"{path}: official SimVG checkpoint with keys no rule maps:\n  "
+        raise ConversionError(f"{path}: official {method} checkpoint with keys no rule maps:\n  "
                               + "\n  ".join(group_keys(rep["unmapped"])))
     cfg.update(rep["compat"])
     return sd, cfg, "official"

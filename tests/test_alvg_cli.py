@@ -23,33 +23,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from simvg_family import common, run_eval, tiny_synthetic, train_args
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
-    from vgcore.synthetic.scenes import generate
-    out = tmp_path_factory.mktemp("alvg_syn")
-    generate(out, num_train=24, num_val=24, num_test=12, seed=3, formats=("seqtr",), grec=True,
-             image_format="jpg", verbose=False)
-    return out
-
-
-def common(syn, out) -> list:
-    return ["--backbone", "tiny", "--data_root", str(syn / "seqtr"), "--image_root", str(syn / "images"),
-            "--beit3_spm", str(syn / "tokenizers" / "spm.model"), "--device", "cpu", "--num_workers", "0",
-            "--output_dir", str(out)]
+    return tiny_synthetic(tmp_path_factory, "alvg_syn")
 
 
 def _train_args(argv):
-    from alvg.train import get_args_parser
-    return get_args_parser().parse_args(argv + ["--tensorboard", "0"])
+    return train_args("alvg", argv)
 
 
 def _eval(argv) -> dict:
-    from alvg.eval import get_args_parser, main
-    return main(get_args_parser().parse_args(argv))
+    return run_eval("alvg", argv)
 
 
 def test_help():

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import golden
+from simvg_family import beit3_encoder_expected
 from alvg import convert
 from alvg.loss import ALVGCriterion, ALVGLossConfig
 from alvg.model import COMPAT_SWITCHES, build_model, config_from_args, postprocess_rec
@@ -56,22 +57,6 @@ DESCRIBED = {
 
 
 # ------------------------------------------------------------------------------------------ configuration
-def _encoder_expected(bcfg) -> dict:
-    fixed = dict(encoder_normalize_before=True, normalize_output=True, activation_fn="gelu", no_scale_embedding=True,
-                 layernorm_embedding=False, moe_freq=0, moe_expert_count=0, use_xmoe=False, rel_pos_buckets=0,
-                 max_rel_pos=0, deepnorm=False, subln=True, multiway=True, share_encoder_input_output_embed=False,
-                 no_output_layer=True, xpos_rel_pos=False)
-    unused = ("dropout", "drop_path_rate", "attention_dropout", "activation_dropout", "moe_top1_expert",
-              "moe_gating_use_fp32", "moe_eval_capacity_token_fraction", "moe_second_expert_policy",
-              "moe_normalize_gate_prob_before_dropping", "bert_init", "checkpoint_activations", "fsdp", "ddp_rank",
-              "xpos_scale_base")
-    return dict(fixed, **dict.fromkeys(unused), encoder_embed_dim=bcfg.embed_dim,
-                encoder_attention_heads=bcfg.num_heads, encoder_ffn_embed_dim=bcfg.ffn_dim,
-                encoder_layers=bcfg.num_layers, max_source_positions=bcfg.max_text_positions,
-                layernorm_eps=bcfg.layernorm_eps, vocab_size=bcfg.vocab_size, img_size=bcfg.img_hw[0],
-                patch_size=bcfg.patch_size, in_chans=bcfg.in_chans)
-
-
 def _expected(cfg, crit: ALVGCriterion, targets_from: str) -> dict:
     L = crit.cfg
     untested = ("num_encoder_layers", "distill_type", "prepare_target_mode", "share_predicthead",
@@ -94,7 +79,7 @@ def _expected(cfg, crit: ALVGCriterion, targets_from: str) -> dict:
                    loss_weights=_LossWeights(crit), score_attn_loss_weight=L.score_attn_loss_weight,
                    decoder_attn_loss_weight=L.decoder_attn_loss_weight, attention_targets_from=targets_from)
     return {"model": {"type": "MIXDETRMB", "vis_enc": vis, "head": head, "lan_enc": None, "fusion": None},
-            "beit3_encoder_args": _encoder_expected(cfg.beit3()), "derived": derived,
+            "beit3_encoder_args": beit3_encoder_expected(cfg.beit3()), "derived": derived,
             # the data pipeline is checked by the transforms case; the model reads the stored inputs
             "config_file": None, "eval_pipeline": None, "train_pipeline": None, "val_pipeline": None,
             "test_pipeline": None, "train_pipeline_equals_eval_pipeline": True, "img_norm_cfg": None,

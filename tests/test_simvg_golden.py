@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import golden
+from simvg_family import beit3_encoder_expected
 from simvg import convert
 from simvg.model import build_model, config_from_args, postprocess_rec
 
@@ -41,24 +42,6 @@ def _kind(spec) -> str:
 
 
 # ------------------------------------------------------------------------------------------ configuration
-def _encoder_expected(bcfg) -> dict:
-    """torchscale EncoderConfig entries: the architecture values our BEiT-3 implements; None = no effect on
-    an eval forward."""
-    fixed = dict(encoder_normalize_before=True, normalize_output=True, activation_fn="gelu", no_scale_embedding=True,
-                 layernorm_embedding=False, moe_freq=0, moe_expert_count=0, use_xmoe=False, rel_pos_buckets=0,
-                 max_rel_pos=0, deepnorm=False, subln=True, multiway=True, share_encoder_input_output_embed=False,
-                 no_output_layer=True, xpos_rel_pos=False)
-    unused = ("dropout", "drop_path_rate", "attention_dropout", "activation_dropout", "moe_top1_expert",
-              "moe_gating_use_fp32", "moe_eval_capacity_token_fraction", "moe_second_expert_policy",
-              "moe_normalize_gate_prob_before_dropping", "bert_init", "checkpoint_activations", "fsdp", "ddp_rank",
-              "xpos_scale_base")
-    return dict(fixed, **dict.fromkeys(unused), encoder_embed_dim=bcfg.embed_dim,
-                encoder_attention_heads=bcfg.num_heads, encoder_ffn_embed_dim=bcfg.ffn_dim,
-                encoder_layers=bcfg.num_layers, max_source_positions=bcfg.max_text_positions,
-                layernorm_eps=bcfg.layernorm_eps, vocab_size=bcfg.vocab_size, img_size=bcfg.img_hw[0],
-                patch_size=bcfg.patch_size, in_chans=bcfg.in_chans)
-
-
 def _head_expected(cfg) -> dict:
     train_only = ("decoder_freeze", "aux_loss", "branch_loss_weight", "distill_type", "prepare_target_mode",
                   "mlp_aux_loss", "num_encoder_layers", "score_attn_loss_weight", "decoder_attn_loss_weight")
@@ -83,7 +66,7 @@ def _expected(cfg) -> dict:
         "model_cfg": {"type": "MIXDETRMB", "vis_enc": vis, "head": head, "lan_enc": None, "fusion": None},
         "head_cfg": head, "vis_enc_cfg": vis, "img_size": cfg.img_size, "patch_size": cfg.patch_size,
         "max_token": cfg.max_text_len, "num_queries": cfg.num_queries,
-        "beit3_encoder_config": _encoder_expected(cfg.beit3()), "beit3_encoder_args": _encoder_expected(cfg.beit3()),
+        "beit3_encoder_config": beit3_encoder_expected(cfg.beit3()), "beit3_encoder_args": beit3_encoder_expected(cfg.beit3()),
         # the data pipeline and normalisation are checked by the transforms cases; the model reads the stored input
         "img_norm_cfg": None, "val_pipeline": None, "train_pipeline": None, "test_pipeline": None, "config_file": None,
         "beit3_pretrained_checkpoint": None, "dataset": None,

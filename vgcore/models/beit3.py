@@ -318,6 +318,18 @@ class BEiT3(nn.Module):
     def grid(self) -> Tuple[int, int]:
         return self.cfg.grid
 
+    def image_grid(self, enc: Dict[str, torch.Tensor], image_padding_mask: Optional[torch.Tensor] = None):
+        """(patch features [B, D, h, w] of ``enc["img_tokens"]`` or None, the padding mask [B, H, W] (True = pad)
+        nearest-resized to the grid [B, h, w] or None)."""
+        gh, gw = self.grid
+        feat = mask = None
+        if "img_tokens" in enc:
+            t = enc["img_tokens"]
+            feat = t.transpose(1, 2).reshape(t.shape[0], -1, gh, gw)
+        if image_padding_mask is not None:
+            mask = F.interpolate(image_padding_mask[:, None].float(), size=(gh, gw)).squeeze(1).bool()
+        return feat, mask
+
     def reset_parameters(self):
         """Official init: trunc_normal(std 0.02, cut at +-0.02) Linear weights, zero biases, unit LayerNorms;
         text embedding N(0, D^-0.5); position tables N(0, 1); CLS / mask tokens zero; Conv2d PyTorch default."""

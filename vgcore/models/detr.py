@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["MultiheadAttention", "FFN", "DetrDecoderLayer", "DetrEncoderLayer", "DetrDecoder", "DetrEncoder",
-           "key_padding_to_attn_mask"]
+           "key_padding_to_attn_mask", "layer_outputs"]
+
+
+def layer_outputs(logits: torch.Tensor, boxes: torch.Tensor) -> dict:
+    """Every decoder layer's predictions [n, B, Q, ...] -> the set-criterion layout: ``pred_logits`` /
+    ``pred_boxes`` of the last layer and ``aux_outputs`` (a list of {pred_logits, pred_boxes}) of the others."""
+    return {"pred_logits": logits[-1], "pred_boxes": boxes[-1],
+            "aux_outputs": [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]}
 
 
 def key_padding_to_attn_mask(key_padding_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -21,6 +21,7 @@ Conventions
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -33,8 +34,8 @@ from vgcore import dist
 from vgcore.boxes import box_cxcywh_to_xyxy, generalized_box_iou_elementwise
 from vgcore.models.losses import l1_giou_losses
 
-__all__ = ["HungarianMatcher", "SetCriterion", "weighted_sum", "num_boxes_all_ranks", "pad_targets",
-           "flatten_matches"]
+__all__ = ["HungarianMatcher", "SetCriterion", "SetLossConfig", "weighted_sum", "num_boxes_all_ranks",
+           "pad_targets", "flatten_matches"]
 
 Match = Tuple[torch.Tensor, torch.Tensor]
 
@@ -137,6 +138,27 @@ class SetCriterion(nn.Module):
         for i, aux in enumerate(outputs.get("aux_outputs") or []):
             losses.update({f"{k}_{i}": v for k, v in self.single(aux, targets, num_boxes).items()})
         return losses
+
+
+@dataclass
+class SetLossConfig:
+    """The DETR set loss's settings (DETR / SimVG values: costs class 1 / L1 5 / GIoU 2, the same loss weights,
+    no-object weight 0.1, auxiliary losses on); methods extend it with their own fields."""
+    num_classes: int = 1
+    eos_coef: float = 0.1
+    cost_class: float = 1.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    weight_class: float = 1.0
+    weight_bbox: float = 5.0
+    weight_giou: float = 2.0
+    aux_loss: bool = True
+
+    def build(self) -> Tuple[HungarianMatcher, Dict[str, float], SetCriterion]:
+        """(matcher, weight_dict of loss_class / loss_bbox / loss_giou, SetCriterion)."""
+        matcher = HungarianMatcher(self.cost_class, self.cost_bbox, self.cost_giou)
+        weights = {"loss_class": self.weight_class, "loss_bbox": self.weight_bbox, "loss_giou": self.weight_giou}
+        return matcher, weights, SetCriterion(self.num_classes, matcher, weights, self.eos_coef)
 
 
 def weighted_sum(losses: Dict[str, torch.Tensor], weight_dict: Dict[str, float]) -> torch.Tensor:
