@@ -221,7 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dropped {len(report['unused'])} keys of never-run official modules:",
               *group_keys(report["unused"]), sep="\n  ")
         if report["eos_coef"] is not None:
-            print(f"criterion empty_weight: eos_coef {report['eos_coef']:g} (the loss uses --eos_coef, default 0.1)")
+            print(f"criterion empty_weight: eos_coef {report['eos_coef']:g} (the loss uses eos_coef 0.1, ALVGLossConfig)")
     torch.save(out, a.dst)
     print(f"wrote {a.dst}: {len(out['model'])} tensors")
     return 0

@@ -29,7 +29,7 @@ import argparse
 from typing import Optional
 
 from simvg import recipes as _simvg
-from simvg.recipes import ANY, BACKBONES, MODEL_PRESET, build_tok  # noqa: F401 (re-exported)
+from simvg.recipes import ANY, BACKBONES, DATA_DEFAULTS, MODEL_PRESET, build_tok  # noqa: F401 (re-exported)
 from vgcore import cli
 
 PRESET_NAMES = ("single", "pretrain_mixed", "pretrain_cocoall", "finetune")
@@ -168,15 +168,7 @@ def add_eval_args(p: argparse.ArgumentParser, mode: str = "eval") -> None:
         g.add_argument("--attn_out", default="",
                        help="also write the attention map over the image (decoder cross-attention of the best "
                             "query, summed over layers) to this PNG (default: <out> with _attn)")
-    cli.add_optim_args(p, only=("amp",))
-    cli.add_data_args(p, only=("data_root", "split_root", "format", "num_workers", "batch_size", "eval_batch_size",
-                               "box_convention", "skip_bad_targets"), **DATA_DEFAULTS)
-    cli.add_dist_args(p, skip=("world_size",))
-    cli.add_logging_args(p, only=("output_dir", "seed"), output_dir="./outputs", seed=6666)
-    cli.add_accepted_args(p, {"--tensorboard": "evaluation writes no tensorboard"}, valued=("--tensorboard",))
-
-
-DATA_DEFAULTS = dict(data_root="./data", split_root="", format="seqtr", num_workers=None, batch_size=None)
+    _simvg.add_eval_run_args(p)
 
 
 def compat_switches(args) -> dict:

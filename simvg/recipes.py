@@ -242,12 +242,17 @@ def add_eval_args(p: argparse.ArgumentParser, mode: str = "eval") -> None:
     else:
         g.add_argument("--branch", default="decoder", choices=("decoder", "token"),
                        help="branch whose box is predicted")
+    add_eval_run_args(p)
+
+
+def add_eval_run_args(p: argparse.ArgumentParser) -> None:
+    """The shared tail of the evaluation / prediction flags: amp, data, distributed launch, output folder, seed,
+    and the training command line's ``--tensorboard`` accepted (so one list of flags serves both scripts)."""
     cli.add_optim_args(p, only=("amp",))
     cli.add_data_args(p, only=("data_root", "split_root", "format", "num_workers", "batch_size", "eval_batch_size",
                                "box_convention", "skip_bad_targets"), **DATA_DEFAULTS)
     cli.add_dist_args(p, skip=("world_size",))
     cli.add_logging_args(p, only=("output_dir", "seed"), output_dir="./outputs", seed=6666)
-    # a training command line's logging flag, so that one list of flags serves both scripts
     cli.add_accepted_args(p, {"--tensorboard": "evaluation writes no tensorboard"}, valued=("--tensorboard",))
 
 
