@@ -3,9 +3,11 @@ data on CPU.  Run with ``python -m pytest -q -s -m slow tests/test_alvg_learning
 
 Data: the quickstart's larger-shape scenes (``--object-scale 1.8 --max-objects 5``, 6,000 train / 500 val
 expressions with masks, JPEG, SeqTR layout, plus the gRefCOCO-style split).  Backbone: ``simvg/pretrain_tiny.py``
-(scenes of seed 1: 3,000 image steps on kind / colour / row / col patch tags, 400 text steps; no joint phase --
-it trains SimVG's object token, which ALVG does not have).  The recipe of scripts/alvg/train_tiny_synthetic.sh
-(lr 5e-4, BEiT-3 x0.2, batch 16, no warm-up, one x0.1 decay before the last epoch, the official loss weights).
+as scripts/alvg/train_tiny_synthetic.sh runs it (scenes of seed 1: 3,000 image steps on kind / colour / row / col
+patch tags, 400 text steps, 2,000 joint steps).  ALVG has no object token, but the joint phase also trains
+BEiT-3's attention blocks to carry what the expression says and where its referent is, which the
+gRefCOCO-style run needs to tell that the named object is absent.  The recipe of scripts/alvg/train_tiny_synthetic.sh (lr 5e-4, BEiT-3 x0.2,
+batch 16, no warm-up, one x0.1 decay before the last epoch, the official loss weights).
 
 REC (one query, masks: mask loss and mask attention targets):
   * val Acc@0.5 beats the best trivial baseline (centre box / largest / random object) by >= 15 points and the
@@ -13,11 +15,12 @@ REC (one query, masks: mask loss and mask attention targets):
   * with the attention losses on, val Acc@0.5 is at least that of the same run without them (same seed and
     budget; both printed);
   * box-only (``--masks off``: box attention targets, no mask loss) trains and beats the same baselines.
-GREC (gRefCOCO-like split, 10 queries, official gRefCOCO losses): Pr@(F1=1, IoU>=0.5) above the "always
-no-target" baseline (Pr = the no-target fraction, N-acc 1) and the "always one box" baseline (the largest object:
-Pr = its hits on single-target samples, N-acc 0), and N-acc above the latter's 0.
+GREC (gRefCOCO-like split, 10 queries, official gRefCOCO losses), scored with the GREC metric code
+(`vgcore.synthetic.baselines.grec_baselines`): Pr@(F1=1, IoU>=0.5) above the "always no-target" baseline (Pr =
+the no-target fraction, N-acc 1 by construction) and the "always one box" baselines (largest / random object,
+N-acc 0), and N-acc clearly above 0 (>= 0.3).
 
-Epochs: ``ALVG_LEARN_EPOCHS`` (12), ``ALVG_GREC_EPOCHS`` (10).  Timings are printed (alvg/README.md, "Tiny preset").
+Epochs: ``ALVG_LEARN_EPOCHS`` (12), ``ALVG_GREC_EPOCHS`` (12).  Timings are printed (alvg/README.md, "Tiny preset").
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REC_EPOCHS = int(os.environ.get("ALVG_LEARN_EPOCHS", "12"))
-GREC_EPOCHS = int(os.environ.get("ALVG_GREC_EPOCHS", "10"))
+GREC_EPOCHS = int(os.environ.get("ALVG_GREC_EPOCHS", "12"))
 SCENE = dict(object_scale=1.8, max_objects=5)
 
 
@@ -44,7 +47,7 @@ def syn(tmp_path_factory):
              image_format="jpg", verbose=False, **SCENE)
     pt.main(pt.get_args_parser().parse_args(
         ["--beit3_spm", str(out / "tokenizers" / "spm.model"), "--out", str(out / "tiny_beit3.pth"),
-         "--object-scale", "1.8", "--max-objects", "5", "--text_steps", "400", "--joint_steps", "0",
+         "--object-scale", "1.8", "--max-objects", "5", "--text_steps", "400", "--joint_steps", "2000",
          "--log_every", "1000"]))
     print(f"[alvg learning] data + backbone pretraining: {(time.time() - t0) / 60:.1f} min")
     return out
@@ -109,22 +112,13 @@ def test_box_only_split_trains(syn, baselines, tmp_path):
 
 
 def test_grec_beats_trivial_baselines(syn, tmp_path):
-    import numpy as np
-    from vgcore.synthetic.baselines import iou_xyxy
+    from vgcore.metrics import GREC_MAIN_KEY
+    from vgcore.synthetic.baselines import grec_baselines
     from vgcore.synthetic.scenes import load_synthetic
-    val = load_synthetic(syn, "val", fmt="seqtr", grec=True)
-    n = len(val)
-    no_target = sum(r.is_no_target for r in val) / n
-    one_box = 0
-    for r in val:  # largest object, as the one box: right only on single-target samples where it is the target
-        if r.num_targets == 1:
-            objs = r.extra["objects"]
-            big = max(objs, key=lambda o: (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]))
-            one_box += float(iou_xyxy(np.array([big["box"]]), r.boxes)[0, 0] >= 0.5)
-    one_box /= n
+    base = grec_baselines(load_synthetic(syn, "val", fmt="seqtr", grec=True))
     m = _train_eval(syn, tmp_path / "grec", "grefcoco", GREC_EPOCHS)
-    pr, nacc = m["pr@(F1=1,IoU>=0.5)"], m["n_acc"]
-    print(f"[alvg learning] grec baselines: always no-target Pr {no_target:.3f} (N-acc 1), always one box "
-          f"Pr {one_box:.3f} (N-acc 0); ALVG Pr {pr:.3f} N-acc {nacc:.3f} gIoU {m['res/giou']:.3f}")
-    assert pr > max(no_target, one_box), (pr, no_target, one_box)
-    assert nacc > 0.0
+    pr, nacc = m[GREC_MAIN_KEY], m["n_acc"]
+    print(f"[alvg learning] grec baselines {base}; ALVG Pr {pr:.3f} N-acc {nacc:.3f} T-acc {m['t_acc']:.3f} "
+          f"gIoU {m['res/giou']:.3f}")
+    assert pr > max(b[GREC_MAIN_KEY] for b in base.values()), (pr, base)
+    assert nacc > max(base["largest_object"]["n_acc"], base["random_object"]["n_acc"]) and nacc >= 0.3, nacc

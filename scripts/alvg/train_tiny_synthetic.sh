@@ -17,7 +17,9 @@
 #   env: OUT (./outputs/alvg_tiny), EPOCHS (12), NUM_TRAIN (6000), PRETRAIN_STEPS (3000), TEXT_STEPS (400),
 #        JOINT_STEPS (2000), VIS_MULT (0.2), DATASET (refcoco | grefcoco), MASKS (auto | off), ATTN (1 | 0),
 #        SEED (6666), QS_DEVICE (cpu), NPROC (training processes, 1: one process on every core; N > 1: gloo on
-#        the CPU, one thread each, the global batch stays 16), LOADER_WORKERS (0)
+#        the CPU, one thread each, the global batch stays 16), LOADER_WORKERS (0), OMP_NUM_THREADS (unset: one
+#        thread per core; set it to 1 on a machine other jobs load -- two threads competing with other processes
+#        for 2 cores made the training step about 8x slower, one thread kept ~150 img/s)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 vg_init "$@"
