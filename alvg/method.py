@@ -16,7 +16,7 @@ from alvg.recipes import (add_arch_args, add_eval_args, add_selection_args, add_
                           compat_switches, model_config_from_args, resolve_preset, uses_masks)
 from alvg.weights import load_weights_into, read_weights
 from simvg.method import sources
-from vgcore import dist
+from vgcore import cli, dist
 from vgcore.data.build import SKIP_HINT, box_options, load_split, split_file, target_policy
 from vgcore.data.checks import require_single_target
 from vgcore.data.transforms import build_transforms
@@ -33,6 +33,7 @@ def add_args(parser: argparse.ArgumentParser, mode: str) -> None:
         add_train_args(parser)
     else:
         add_eval_args(parser, mode)
+    cli.add_speed_args(parser, only=None if mode == "train" else ("compile",))
 
 
 def prepare(args) -> None:
