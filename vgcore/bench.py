@@ -45,7 +45,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 
 __all__ = ["FIELDS", "ALLOCATOR_ENV", "BenchPath", "PATHS", "Case", "LoaderCase", "default_paths", "is_train",
-           "reuse_memory", "measure", "measure_loader", "main", "figure", "upscale_records"]
+           "reuse_memory", "measure", "measure_loader", "main", "figure", "upscale_records", "build_parser"]
 
 FIELDS = ("method", "mode", "path", "ms_per_step", "images_per_s", "peak_mb")
 
@@ -311,6 +311,11 @@ def _parser(description: str, modes: Sequence[str], defaults: dict) -> argparse.
                    help="no allocator setting in the worker processes (to see what it saves)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def build_parser(description: str, modes: Sequence[str], defaults: Optional[dict] = None) -> argparse.ArgumentParser:
+    """The flags `main` parses (for a script that adds its own levels next to `main`'s figures)."""
+    return _parser(description, modes, defaults or {})
 
 
 def _row(r: dict, ref: Optional[dict]) -> str:
