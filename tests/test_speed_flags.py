@@ -134,3 +134,23 @@ def test_speed_flags_parse_and_apply(name):
     args.compile = False  # compiling is slow; apply_speed_flags' compile path is vgcore's, tested there
     apply_speed_flags(model, args)
     assert all(getattr(dict(model.named_modules())[n], "grad_ckpt") for n in grad_ckpt_modules(model))
+
+
+@pytest.mark.parametrize("law", ["svd", "la", "od3"])
+def test_vglaw_trains_under_bf16_autocast(law):
+    """--amp bf16: the adapted qkv (svd's in-place accumulation of S u included) runs under autocast, and the
+    outputs stay close to float32's."""
+    from vglaw.model import build_model
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny", "vocab_size": 100, "law_type": law}).train()
+    with torch.no_grad():
+        for p in model.weight_generator.proj:
+            p[-1].weight.normal_(std=0.05)
+    images, ids = torch.randn(2, 3, 128, 128), torch.randint(5, 100, (2, model.cfg.max_len))
+    att = torch.ones_like(ids)
+    ref = model(images, ids, att)["pred_box"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images, ids, att)
+    out["pred_box"].float().sum().backward()
+    torch.testing.assert_close(out["pred_box"].float(), ref, atol=0.03, rtol=0)
+    assert model.visual_encoder.blocks[0].attn.qkv.weight.grad is not None
