@@ -15,6 +15,7 @@ from alvg.recipes import (add_arch_args, add_eval_args, add_selection_args, add_
                           compat_switches, model_config_from_args, resolve_preset, uses_masks)
 from alvg.weights import load_weights_into, read_weights
 from simvg.method import before_fit, build_adam_step, loop_config, read_records  # noqa: F401 (protocol)
+from vgcore import cli
 from vgcore.data.transforms import build_transforms
 
 NAME = "ALVG"
@@ -27,6 +28,7 @@ def add_args(parser: argparse.ArgumentParser, mode: str) -> None:
         add_train_args(parser)
     else:
         add_eval_args(parser, mode)
+    cli.add_speed_args(parser, only=None if mode == "train" else ("compile",))
 
 
 def prepare(args) -> None:

@@ -7,6 +7,7 @@ from typing import List
 
 import torch
 
+from vgcore import cli
 from vgcore.checkpoint import load_model_file, load_strict
 from vgcore.checkpoint.safe import torch_load
 from vgcore.models.bert import load_bert_file
@@ -25,6 +26,7 @@ NAME = "ResVG"
 
 def add_args(parser: argparse.ArgumentParser, mode: str) -> None:
     _args.add_args(parser, mode)
+    cli.add_speed_args(parser, only=None if mode == "train" else ("compile",))
 
 
 def _remember(args, model: ResVG) -> None:

@@ -44,6 +44,7 @@ from torch import nn
 from vgcore.boxes import box_cxcywh_to_xyxy
 from vgcore.metrics import RECAccumulator
 from vgcore.models.bert import bert_layer_mean, build_bert
+from vgcore.models.checkpointing import checkpoint_blocks
 from vgcore.models.detr import FFN, DetrEncoderLayer, MultiheadAttention
 from vgcore.models.mlp import MLP
 from vgcore.models.position import sine_position_2d
@@ -73,16 +74,17 @@ class _EncoderLayer(DetrEncoderLayer):
 
 
 class VisualEncoder(nn.Module):
-    """``layers.{i}``: post-norm DETR encoder layers (PE added to q and k), no final norm; batch-first."""
+    """``layers.{i}``: post-norm DETR encoder layers (PE added to q and k), no final norm; batch-first.
+    ``grad_ckpt``: activation checkpointing per layer while gradients are on (``--grad_ckpt``; dropout draws
+    the same numbers in the recomputation, so outputs and gradients are those of the plain run)."""
 
     def __init__(self, num_layers: int, d: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
         self.layers = nn.ModuleList(_EncoderLayer(d, heads, ffn_dim, dropout) for _ in range(num_layers))
+        self.grad_ckpt = False  # activation checkpointing per layer (--grad_ckpt)
 
     def forward(self, x, pos, padding_mask=None):
-        for layer in self.layers:
-            x = layer(x, pos, padding_mask)
-        return x
+        return checkpoint_blocks(self.layers, x, pos, padding_mask, enabled=self.grad_ckpt)
 
 
 class DiscriminativeEncoderLayer(nn.Module):

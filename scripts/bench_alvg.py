@@ -1,171 +1,144 @@
-"""Benchmark ALVG beside SimVG at the same settings: BEiT-3 base (random init), 640 px, patch 32, one query, batch 8.
+"""ALVG speed and memory beside SimVG at the same settings (BEiT-3 base, random init, 640 px, patch 32, one
+query, batch 8): training step and inference, fp32 eager and every fast path, in one run.
 
-    python scripts/bench_alvg.py [--quick] [--device cpu|cuda] [--batch 8] [--iters N] [--threads T] [--json]
+    python scripts/bench_alvg.py [--methods alvg simvg] [--batch 8] [--device cpu|cuda] [--json] [--quick]
 
-Figures, per method and device:
-* ``train``: one training step -- forward, the method's full loss, backward, gradient clipping (0.15) and the
-  Adam (amsgrad) step.  ALVG: detection loss on the 3 decoder layers, mask focal + dice, TIE score-map and
-  decoder-attention losses (mask targets).  SimVG: its one-stage recipe (decoder branch + token branch with
-  distillation).
-* ``infer``: the forward pass under ``torch.no_grad`` (ALVG: boxes, mask and attention maps; SimVG: the
-  decoder branch).
-Each figure runs in a fresh subprocess so that the CPU peak belongs to that measurement alone: "peak MB" is
-the peak resident memory of the process minus its resident memory right after the model was built
-(activations, gradients, optimizer state); on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation
-after building.  CUDA is measured too when present (unless ``--device`` names one).
+Figures (vgcore.bench), for ALVG and then SimVG: fp32 eager (the reference), bf16 autocast, torch.compile,
+both, and activation checkpointing of BEiT-3 for training (``--grad_ckpt``); ms/step, images/s, peak memory of
+a step; and each method's data loader images/s per worker for its training pipeline at 640 px on synthetic JPEG
+scenes scaled x4 to COCO-like sizes (448-768 px; ALVG: the official stretch to 640 x 640 with the masks decoded,
+SimVG: LargeScaleJitter).  Modes:
 
-Output: one line per figure, then a JSON summary; ``--json`` prints only JSON, one line per figure with
-``method``, ``mode``, ``path`` (the device: cpu | cuda), ``ms_per_step``, ``images_per_s``, ``peak_mb``.
+* ``train``: forward, the method's full loss, backward, clipping 0.15 and the fused Adam amsgrad of its
+  train.py.  ALVG: detection loss on the 3 decoder layers, mask focal + dice, TIE score-map and
+  decoder-attention losses (mask targets); SimVG: decoder branch + token branch with distillation.
+* ``infer``: the forward pass under ``torch.no_grad`` (ALVG: boxes, mask and attention maps; SimVG: the decoder
+  branch).
+
+Random weights and inputs (12 real text tokens of 20, a box and its rectangular mask).  ``--json``: one JSON
+line per figure (method = alvg | simvg).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-METHODS = ("alvg", "simvg")
 MODES = ("train", "infer")
+METHODS = ("alvg", "simvg")
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def add_args(p):
+    p.add_argument("--backbone", default="base", choices=["base", "tiny"],
+                   help="BEiT-3 size of both methods (tiny: the CPU test preset, a smoke test of the benchmark)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="what to measure")
+    p.add_argument("--bench_method", default="alvg", choices=METHODS, help=argparse.SUPPRESS)
 
 
-def _inputs(B: int, dev):
+def _train_args(a, extra=()):
+    import alvg.method as method
+    from vgcore.method import train_parser
+    args = train_parser(method).parse_args(["--dataset", "refcoco", "--backbone",
+                                            {"base": "beit3_base", "tiny": "tiny"}[a.backbone], *extra])
+    method.prepare(args)
+    return args
+
+
+def _alvg_case(mode, device, a):
     import torch
-    images = torch.randn(B, 3, 640, 640, device=dev)
-    ids = torch.randint(4, 64000, (B, 20), device=dev)
-    pad = torch.zeros(B, 20, dtype=torch.bool, device=dev)
-    pad[:, 12:] = True
-    boxes = [torch.tensor([[0.5, 0.5, 0.3, 0.4]], device=dev) for _ in range(B)]
-    masks = torch.zeros(B, 640, 640, dtype=torch.uint8, device=dev)
-    masks[:, 192:448, 224:416] = 1
-    return images, ids, pad, boxes, masks
+
+    import alvg.method as method
+    from alvg.loss import ALVGCriterion
+    from alvg.model import build_model
+    from alvg.recipes import model_config_from_args, uses_masks
+    from vgcore.bench import Case
+    from vgcore.data.sample import Batch
+
+    args = _train_args(a)
+    model = build_model(model_config_from_args(args, vocab_size=64010 if a.backbone == "base" else 100)).to(device)
+    B, L, S = a.batch, model.cfg.max_text_len, model.cfg.img_size
+    ids = torch.randint(4, min(64000, model.beit3.cfg.vocab_size), (B, L))
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    mask[:, :12] = True  # True = real token
+    boxes = torch.tensor([[0.5, 0.5, 0.3, 0.4]]).repeat(B, 1)
+    masks = torch.zeros(B, S, S, dtype=torch.uint8)
+    masks[:, int(0.3 * S):int(0.7 * S), int(0.35 * S):int(0.65 * S)] = 1
+    batch = Batch(images=torch.randn(B, 3, S, S), pixel_mask=torch.zeros(B, S, S, dtype=torch.bool), text_ids=ids,
+                  text_mask=mask, boxes=boxes, target_boxes=[b[None] for b in boxes],
+                  num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
+                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B, masks=masks).to(device)
+    crit = ALVGCriterion(dict(score_attn_loss_weight=args.score_attn_loss_weight,
+                              decoder_attn_loss_weight=args.decoder_attn_loss_weight, use_masks=uses_masks(args)),
+                         model.cfg.compat())
+    return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b),
+                loss=lambda out, b: crit(out, b)["loss"],
+                optimizer=lambda m: method.build_optimizer(args, m, 1)[0], clip_max_norm=args.grad_norm_clip,
+                label=f"ALVG BEiT-3 {a.backbone} {S}px")
 
 
-def _build(method: str, dev):
-    if method == "alvg":
-        from alvg.loss import ALVGCriterion
-        from alvg.model import build_model
-        model = build_model({"preset": "vitb"}).to(dev)
-        crit = ALVGCriterion({}, model.cfg.compat())
-
-        def fwd(images, ids, pad):
-            return model.forward_tensors(images, ids, pad)
-
-        def loss(out, boxes, masks):
-            import types
-            return crit(out, types.SimpleNamespace(target_boxes=boxes, masks=masks))["loss"]
-    else:
-        from simvg.loss import SimVGCriterion
-        from simvg.model import build_model
-        model = build_model({"preset": "vitb"}).to(dev)
-        crit = SimVGCriterion(dict(lambda_decoder=1.0, lambda_token=2.0, lambda_distill=1.0))
-        branch = {"train": "both", "infer": "decoder"}
-
-        def fwd(images, ids, pad):
-            return model.forward_tensors(images, ids, pad, branch=branch["train" if model.training else "infer"])
-
-        def loss(out, boxes, masks):
-            return crit(out, boxes)["loss"]
-    return model, fwd, loss
+def make_case(mode, device, a):
+    if a.bench_method == "simvg":
+        import bench_simvg
+        return bench_simvg.make_case({"train": "train", "infer": "infer_decoder"}[mode], device, a)
+    return _alvg_case(mode, device, a)
 
 
-def run(method: str, mode: str, device: str, batch: int, iters: int, warmup: int) -> dict:
-    import torch
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    model, fwd, loss_fn = _build(method, dev)
-    images, ids, pad, boxes, masks = _inputs(batch, dev)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    base_rss = _rss_mb()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-9, amsgrad=True)
+def _alvg_loader(a):
+    import shutil
+    import tempfile
 
-    def step():
-        if mode == "train":
-            model.train()
-            loss_fn(fwd(images, ids, pad), boxes, masks).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.15)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        else:
-            model.eval()
-            with torch.no_grad():
-                fwd(images, ids, pad)
+    import alvg.method as method
+    from alvg.data import decode_masks_first
+    from alvg.model import config_from_args
+    from alvg.recipes import model_config_from_args, uses_masks
+    from vgcore.bench import LoaderCase, upscale_records
+    from vgcore.data.dataset import Collate, GroundingDataset
+    from vgcore.data.transforms import build_transforms
+    from vgcore.synthetic.scenes import generate
+    from vgcore.text import build_tokenizer
 
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / iters
-    peak = ((torch.cuda.max_memory_allocated() - base) / 2 ** 20 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss)
-    return {"method": method, "mode": mode, "path": dev.type, "ms_per_step": round(1000 * dt, 1),
-            "images_per_s": round(batch / dt, 3), "peak_mb": round(peak, 1), "batch": batch, "iters": iters,
-            "threads": torch.get_num_threads(), "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
+    tmp = tempfile.mkdtemp(prefix="bench_alvg_data_")
+    n = max(a.batch * a.loader_batches, a.batch)
+    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("seqtr",), image_format="jpg", verbose=False)
+    args = _train_args(a, ["--data_root", f"{tmp}/seqtr", "--image_root", f"{tmp}/images",
+                           "--beit3_spm", f"{tmp}/tokenizers/spm.model"])
+    cfg = config_from_args(model_config_from_args(args, vocab_size=100))
+    transform = build_transforms("alvg", train=True, imsize=cfg.img_size)  # alvg.method.pipeline's
+    if uses_masks(args):
+        transform = decode_masks_first(transform)
+    # the synthetic sentencepiece model is small: the tokenizer's XLM-R vocabulary-size check is relaxed
+    tokenizer = build_tokenizer("beit3", max_len=cfg.max_text_len, vocab_file=args.beit3_spm, min_vocab=1)
+    recs = upscale_records(method.records(args, "train", True))
+    ds = GroundingDataset(recs, transform, tokenizer=tokenizer)
+    return LoaderCase(ds, Collate(tokenizer), a.batch,
+                      label=f"ALVG train pipeline {cfg.img_size}px, masks {'on' if uses_masks(args) else 'off'}, "
+                            "synthetic JPEG 448-768 px",
+                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
 
 
-def main(argv=None) -> list:
-    p = argparse.ArgumentParser("ALVG (and SimVG) BEiT-3 base benchmark")
-    p.add_argument("--quick", action="store_true", help="1 warm-up + 1 timed iteration per figure")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cpu, and cuda too when present)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 3; --quick 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--json", action="store_true", help="only JSON: one line per figure")
-    p.add_argument("--_run", nargs=2, default=None, help=argparse.SUPPRESS)
+def make_loader(a):
+    if a.bench_method == "simvg":
+        import bench_simvg
+        return bench_simvg.make_loader(a)
+    return _alvg_loader(a)
+
+
+def main(argv=None):
+    from vgcore import bench
+    argv = list(sys.argv[1:] if argv is None else argv)
+    description = __doc__.split("\n")[0]
+    p = bench.build_parser(description, MODES, {"batch": 8})
+    add_args(p)
     a = p.parse_args(argv)
-    iters = a.iters or (1 if a.quick else 3)
-    if a._run:
-        import torch
-        if a.threads:
-            torch.set_num_threads(a.threads)
-        print(json.dumps(run(a._run[0], a._run[1], a.device or "cpu", a.batch, iters, warmup=1)))
-        return []
-    import torch
-    devices = [a.device] if a.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    rows = []
-    for dev in devices:
-        for method in a.methods:
-            for mode in MODES:
-                cmd = [sys.executable, __file__, "--_run", method, mode, "--device", dev, "--batch", str(a.batch),
-                       "--iters", str(iters)] + (["--threads", str(a.threads)] if a.threads else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(proc.stderr[-3000:], file=sys.stderr)
-                    raise SystemExit(f"benchmark {method} {mode} on {dev} failed")
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                rows.append(r)
-                if a.json:
-                    print(json.dumps({k: r[k] for k in ("method", "mode", "path", "ms_per_step", "images_per_s",
-                                                         "peak_mb")}), flush=True)
-                else:
-                    what = "train step (fwd+loss+bwd+Adam)" if mode == "train" else "inference (no grad)"
-                    print(f"{method:>5} {dev:>4} {what:<30} batch {r['batch']}: {r['ms_per_step']:.0f} ms/step, "
-                          f"{r['images_per_s']:.2f} img/s, peak +{r['peak_mb']:.0f} MB ({r['threads']} threads, "
-                          f"{r['params_M']} M params)", flush=True)
-    if not a.json:
-        print(json.dumps({"settings": "BEiT-3 base, 640 px, patch 32, 1 query, batch %d" % a.batch, "results": rows}))
-    return rows
+    out = []
+    for method in ([a.bench_method] if a._worker else a.methods):
+        out += bench.main(method, make_case, MODES, [*argv, "--bench_method", method], make_loader=make_loader,
+                          add_args=add_args, description=description, defaults={"batch": 8}, script=__file__)
+    return out
 
 
 if __name__ == "__main__":

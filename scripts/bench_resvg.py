@@ -1,151 +1,105 @@
-"""ResVG-R50 speed and memory: forward+backward time per training step and inference images/s.
+"""ResVG-R50 speed and memory: training steps during the frozen epochs and after the unfreeze, and inference,
+fp32 eager and every fast path, in one run.
 
-    python scripts/bench_resvg.py [--batch 8] [--img_size 640] [--device cpu|cuda] [--iters 3] [--quick] [--json]
+    python scripts/bench_resvg.py [--preset r50] [--batch 8] [--device cpu|cuda] [--json] [--quick]
 
 The official network (ResNet-50 + 6-layer DETR encoder, BERT-base, discriminative encoder, 6-stage decoder, the
 semantic-prior MLP), random weights (speed does not depend on their values), random inputs of the official
-shapes (640 x 640, 40 query tokens, a 512-d prior per sample).  Figures, each in its own subprocess so that the
-peak memory is that mode's alone:
+shapes (640 x 640, 40 query tokens of which 12 real, a 512-d prior per sample).  Modes:
 
-* ``train`` / ``encoders_frozen``: the first ``freeze_epochs`` epochs (ResNet, input_proj, visual encoder and
-  BERT frozen: the backward pass stops at the fusion), forward + loss (6 stages x (5 L1 + 2 GIoU)) + backward +
-  clipping 0.1 + AdamW;
-* ``train`` / ``all_trainable``: the same after the unfreeze (ResNet layer2-4, encoder and BERT train too);
-* ``infer`` / ``eval``: forward in eval mode without gradients.
+* ``train_frozen``: a step of the first ``--freeze_epochs`` epochs (ResNet, input_proj, DETR encoder and BERT
+  frozen: the backward pass stops at the fusion);
+* ``train``: a step after the unfreeze (ResNet layer2-4, encoder and BERT train too);
+* ``infer``: the forward pass in eval mode without gradients.
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the allocation after building the model; on the
-CPU the process's peak resident set (ru_maxrss) minus its resident size after building the model (what the step
-needs on top of the weights).  Default devices: the CPU, and CUDA when present.  ``--json``: one JSON line per
-figure (method, mode, path, device, batch, img_size, ms_per_step, images_per_s, peak_mb, threads) instead of
-the table.
+A training step is forward + loss (6 stages x (5 L1 + 2 GIoU)) + backward + clipping (--clip_max_norm) + the
+AdamW of resvg/train.py (four parameter groups).  Figures (vgcore.bench): fp32 eager (the reference), bf16
+autocast, torch.compile, both, and activation checkpointing of the DETR encoder layers for training (the only
+checkpointed part: ``--grad_ckpt``); ms/step, images/s, peak memory of a step; and the data loader's images/s per
+worker for the training pipeline at 640 px (multi-scale resize 448-640, the official augmentations) on synthetic
+JPEG scenes scaled x4 to COCO-like sizes (448-768 px).  ``--json``: one JSON line per figure.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FIGURES = (("train", "encoders_frozen"), ("train", "all_trainable"), ("infer", "eval"))
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+MODES = ("train_frozen", "train", "infer")
 
 
-def worker(a) -> dict:
+def add_args(p):
+    p.add_argument("--preset", default="r50", choices=["r50", "vltvg_r50", "tiny"],
+                   help="resvg model preset (tiny: the CPU test preset, a smoke test of the benchmark itself)")
+
+
+def _train_args(a, extra=()):
+    import resvg.method as method
+    from vgcore.method import train_parser
+    return train_parser(method).parse_args(["--model_preset", a.preset, "--prior_missing", "zeros", *extra])
+
+
+def make_case(mode, device, a):
     import torch
 
+    import resvg.method as method
+    from resvg.args import model_config_from_args
     from resvg.loss import ResVGCriterion
     from resvg.model import build_model
+    from vgcore.bench import Case
 
-    dev = torch.device(a.device)
-    torch.manual_seed(0)
-    model = build_model({"model_preset": a.preset, "img_size": a.img_size}).to(dev)
-    B, S, L = a.batch, a.img_size, model.cfg.max_query_len
-    images = torch.randn(B, 3, S, S, device=dev)
-    ids = torch.zeros(B, L, dtype=torch.long, device=dev)
-    ids[:, 0], ids[:, 1:11], ids[:, 11] = 101, torch.randint(1000, 30000, (B, 10)), 102
-    mask = ids != 0
-    prior = torch.randn(B, model.cfg.prior_dim, device=dev)
-    target = (torch.rand(B, 4, device=dev) * 0.3 + torch.tensor([0.35, 0.35, 0.2, 0.2], device=dev))
+    args = _train_args(a)
+    model = build_model(model_config_from_args(args)).to(device)
+    B, S, L = a.batch, model.cfg.img_size, model.cfg.max_query_len
+    images = torch.randn(B, 3, S, S)
+    ids = torch.zeros(B, L, dtype=torch.long)
+    ids[:, 0], ids[:, 1:11], ids[:, 11] = 101, torch.randint(1000, 30000 if a.preset != "tiny" else 2000, (B, 10)), 102
+    prior = torch.randn(B, model.cfg.prior_dim)
+    target = torch.rand(B, 4) * 0.3 + torch.tensor([0.35, 0.35, 0.2, 0.2])
+    batch = tuple(t.to(device) for t in (images, ids, ids != 0, prior, target))
     crit = ResVGCriterion(dict(weight_l1=5.0, weight_giou=2.0, aux_loss=True))
-    if a.path == "encoders_frozen":
-        model.set_frozen(True)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
-    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    base = _rss_mb()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_cuda = torch.cuda.memory_allocated()
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if a.amp == "bf16" else torch.autocast(dev.type, enabled=False)
-    if a.mode == "train":
-        model.train()  # no schedule_epoch: the freeze set above stays as it is
-
-        def step():
-            with amp:
-                out = model.forward_tensors(images, None, ids, mask, prior)
-                loss = crit(out, target)["loss"]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    else:
-        model.eval()
-
-        def step():
-            with torch.no_grad(), amp:
-                model.forward_tensors(images, None, ids, mask, prior)
-    step()  # warm-up
-    sync()
-    iters = 1 if a.quick else a.iters
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync()
-    dt = (time.perf_counter() - t) / iters
-    peak = ((torch.cuda.max_memory_allocated() - base_cuda) / 2 ** 20 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
-    return {"method": "ResVG", "mode": a.mode, "path": a.path, "device": a.device, "preset": a.preset, "batch": B,
-            "img_size": S, "amp": a.amp, "iters": iters, "ms_per_step": dt * 1000, "images_per_s": B / dt,
-            "peak_mb": peak, "threads": torch.get_num_threads(),
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "trainable_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6}
+    if mode == "train_frozen":
+        model.schedule_epoch = 0  # train() freezes cfg.freeze_modules, as in the first epochs
+    elif mode == "train":
+        model.schedule_epoch = model.cfg.freeze_epochs
+    opt = lambda m: method.build_optimizer(args, m, 1)[0]  # noqa: E731  (groups built before freezing, as train.py)
+    return Case(model=model, batch=batch, images=B,
+                forward=lambda m, b: m.forward_tensors(b[0], None, b[1], b[2], b[3]),
+                loss=lambda out, b: crit(out, b[4])["loss"], optimizer=opt, clip_max_norm=args.clip_max_norm,
+                label=f"ResVG {a.preset} {S}px")
 
 
-def main(argv=None) -> list:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="r50", choices=["r50", "vltvg_r50", "tiny"], help="resvg model preset")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--img_size", type=int, default=640, help="input size (the official code accepts only 640)")
-    ap.add_argument("--device", default=None, help="cpu | cuda (default: cpu, and cuda too when present)")
-    ap.add_argument("--amp", default="none", choices=["none", "bf16"], help="official: none (fp32)")
-    ap.add_argument("--iters", type=int, default=3, help="timed steps after one warm-up step")
-    ap.add_argument("--quick", action="store_true", help="one timed step")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--json", action="store_true", help="one JSON line per figure instead of the table")
-    ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--path", default=None, help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    if a.mode:  # subprocess
-        if a.threads:
-            import torch
-            torch.set_num_threads(a.threads)
-        print(json.dumps(worker(a)))
-        return []
-    import torch
+def make_loader(a):
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
 
-    devices = [a.device] if a.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    rows = []
-    for dev in devices:
-        for mode, path in FIGURES:
-            cmd = [sys.executable, __file__, "--mode", mode, "--path", path, "--device", dev, "--preset", a.preset,
-                   "--batch", str(a.batch), "--img_size", str(a.img_size), "--amp", a.amp, "--iters", str(a.iters)]
-            cmd += (["--quick"] if a.quick else []) + (["--threads", str(a.threads)] if a.threads else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"bench_resvg: {mode} / {path} on {dev} failed")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append(r)
-            if a.json:
-                print(json.dumps(r), flush=True)
-    if not a.json:
-        r0 = rows[0]
-        print(f"ResVG {a.preset} ({r0['params_m']:.1f} M parameters), batch {a.batch}, {a.img_size} px, amp {a.amp}")
-        for r in rows:
-            what = f"{'fwd+bwd' if r['mode'] == 'train' else 'inference'} ({r['path']})"
-            print(f"  {r['device']:>4} {what:<28} {r['ms_per_step']:9.1f} ms/step  {r['images_per_s']:7.2f} images/s  "
-                  f"peak memory {r['peak_mb']:7.0f} MB  ({r['trainable_m']:.1f} M trainable, {r['threads']} threads)")
-    return rows
+    import resvg.method as method
+    from resvg.args import model_config_from_args
+    from vgcore.bench import LoaderCase, upscale_records
+    from vgcore.data.dataset import Collate, GroundingDataset
+    from vgcore.synthetic.scenes import generate
+
+    tmp = tempfile.mkdtemp(prefix="bench_resvg_data_")
+    n = max(a.batch * a.loader_batches, a.batch)
+    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("transvg",), image_format="jpg", verbose=False)
+    args = _train_args(a, ["--split_root", f"{tmp}/split/data", "--image_root", f"{tmp}/images", "--dataset", "unc",
+                           "--train_split", "train", "--bert_token_mode", f"{tmp}/tokenizers/vocab.txt"])
+    cfg = model_config_from_args(args)
+    args.model_config = cfg.to_dict()
+    transform, tokenizer = method.pipeline(args, SimpleNamespace(cfg=cfg), True)
+    recs = upscale_records(method.records(args, "train", True))
+    ds = GroundingDataset(recs, transform, tokenizer=tokenizer)
+    return LoaderCase(ds, Collate(tokenizer), a.batch,
+                      label=f"ResVG train pipeline {cfg.img_size}px, synthetic JPEG 448-768 px",
+                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
+def main(argv=None):
+    from vgcore import bench
+    return bench.main("resvg", make_case, MODES, argv, make_loader=make_loader, add_args=add_args,
+                      description=__doc__.split("\n")[0], defaults={"batch": 8}, script=__file__)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
-"""VG-LAW speed and memory: the batched language-adaptive weights against per-sample loops.
+"""VG-LAW speed and memory (ViTDet ViT-B + 6-layer BERT, svd language-adaptive weights, both heads, 448 px):
+training step and inference, fp32 eager and every fast path; and the batched adaptive weights against
+per-sample loops.
 
-    python scripts/bench_vglaw.py [--level qkv|model|all] [--device cpu|cuda] [--batch 8] [--img_size 448]
-                                  [--laws svd,la,od3] [--rounds 5] [--iters 1] [--quick] [--json]
+    python scripts/bench_vglaw.py [--level paths|qkv|model|all] [--batch 8] [--device cpu|cuda] [--json] [--quick]
 
-Two levels, each timed for a training step (forward + backward; the model level includes the loss) and for
-inference (``torch.no_grad``, reported as images/s):
+``--level paths`` (default): figures of vgcore.bench -- fp32 eager (the reference), bf16 autocast,
+torch.compile, both, and activation checkpointing of the ViT blocks for training (``--grad_ckpt``); ms/step,
+images/s, peak memory of a step; and the data loader's images/s per worker for the training pipeline at 448 px
+(random placement, flip; masks decoded) on synthetic JPEG scenes scaled x4 to COCO-like sizes (448-768 px).
+Training: the four losses (L1, GIoU, focal, dice), clipping (--clip_max_norm), the three-group AdamW of
+vglaw/train.py; random weights (the generator's last layers non-zero, so that the weights adapt) and random
+inputs (12 real text tokens of 40, a random mask).
+
+The loop levels compare the batched adaptive-weight path with per-sample loops, each timed for a training step
+(forward + backward; the model level includes the loss) and for inference (``torch.no_grad``):
 
 * ``qkv``: the adapted qkv projection of one ViT-B block (N = 784 tokens of a 448 px image, C = 768, svd
   rank 32), for each law type of ``--laws``.  Paths:
@@ -13,25 +22,21 @@ inference (``torch.no_grad``, reported as images/s):
     loop_weight  one sample at a time, building that sample's dense weight W_b first
                  (`AdaptiveLinear.sample_weight`: svd W0 + S A_b D, la / od W0 scaled) and applying it;
     plain        the unadapted Linear(768 -> 2304) on the batch: the floor every path pays.
-* ``model``: the whole VG-LAW model (ViTDet ViT-B + 6-layer BERT, svd, both heads, random weights with a
-  non-zero generator output), batch ``--batch`` at ``--img_size``.  Paths: batched (one forward of the batch)
-  and loop (the model on one sample at a time: B forwards of batch 1, each sample's loss / B backpropagated,
+* ``model``: the whole model (``--preset``), batch ``--batch``.  Paths: batched (one forward of the batch) and
+  loop (the model on one sample at a time: B forwards of batch 1, each sample's loss / B backpropagated,
   gradients accumulating; what a per-sample implementation of adaptive weights would run).
 
-Paths of one level are interleaved (round r runs every path once) and the best time over the rounds is
-reported, so that a load change on a shared machine hits every path alike.  Peak memory ``peak_mb``: CUDA
-``max_memory_allocated`` above the allocation before the step; CPU the process's peak resident set above its
-resident set before the step (the kernel's high-water mark, reset before every measurement; the script
-re-executes itself with ``MALLOC_MMAP_THRESHOLD_`` set so that every tensor of 128 kB or more is its own
-mapping, returned to the system when freed, and the resident set follows the live tensors).  Output: one line
-per figure and the loop / batched ratios, or with ``--json`` one JSON object per line (method, level, law,
-mode, path, ms_per_step, images_per_s, peak_mb, device, batch, threads).
+Paths of one loop level are interleaved (round r runs every path once; ``--rounds`` for qkv, ``--model_rounds``
+for the model) and the best time is reported, so that a load change on a shared machine hits every path alike.
+Their peak memory: CUDA ``max_memory_allocated`` above the allocation before the step; CPU the peak resident set
+above the resident set before the step, with every block of 128 KiB or more its own mapping (the resident set
+follows the live tensors).  ``--level all``: the paths, then both loop levels.  ``--json``: one JSON line per
+figure (method, mode, path, ms_per_step, images_per_s, peak_mb; loop levels add level and law).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,8 +46,94 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+MODES = ("train", "infer")
+LEVELS = ("paths", "qkv", "model", "all")
 QKV_PATHS = ("batched", "loop", "loop_weight", "plain")
 MODEL_PATHS = ("batched", "loop")
+
+
+def add_args(p):
+    p.add_argument("--preset", default="vitb", choices=["vitb", "tiny"],
+                   help="model (tiny: the CPU test preset, a smoke test of the benchmark itself)")
+    p.add_argument("--img_size", type=int, default=None, help="default: the preset's (448; tiny 128)")
+    p.add_argument("--level", default="paths", choices=LEVELS,
+                   help="paths: fp32 and the fast paths; qkv / model: batched against per-sample loops; all: each")
+    p.add_argument("--laws", default="svd,la,od3", help="law types of the qkv level (svd, la, od1, od2, od3)")
+    p.add_argument("--rounds", type=int, default=5, help="qkv level: interleaved timing rounds (--quick: 2)")
+    p.add_argument("--model_rounds", type=int, default=1, help="model level: interleaved timing rounds")
+
+
+def _img_size(a) -> int:
+    return a.img_size or (128 if a.preset == "tiny" else 448)
+
+
+def _model(preset: str, img_size: int):
+    from vglaw.model import build_model
+    model = build_model({"preset": preset, "img_size": img_size, **({"vocab_size": 2000} if preset == "tiny" else {})})
+    with torch.no_grad():  # a generator that adapts (the fresh svd generator outputs A = 0)
+        for p in model.weight_generator.proj:
+            p[-1].weight.normal_(std=0.02)
+    return model
+
+
+def _train_args(a, extra=()):
+    import vglaw.method as method
+    from vgcore.method import train_parser
+    args = train_parser(method).parse_args(["--preset", a.preset, "--img_size", str(_img_size(a)), *extra])
+    method.prepare(args)
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ paths level
+def make_case(mode, device, a):
+    import vglaw.method as method
+    from vgcore.bench import Case
+    from vgcore.data.sample import Batch
+    from vglaw.loss import VGLAWCriterion
+
+    args = _train_args(a)
+    S = _img_size(a)
+    model = _model(a.preset, S).to(device)
+    B, L = a.batch, model.cfg.max_len
+    ids = torch.randint(5, min(2000, model.cfg.vocab_size), (B, L))
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    mask[:, :12] = True
+    boxes = torch.rand(B, 4) * 0.4 + 0.3
+    batch = Batch(images=torch.randn(B, 3, S, S), pixel_mask=torch.zeros(B, S, S, dtype=torch.bool), text_ids=ids,
+                  text_mask=mask, boxes=boxes, target_boxes=[b[None] for b in boxes],
+                  num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
+                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B,
+                  masks=(torch.rand(B, S, S) > 0.7).to(torch.uint8)).to(device)
+    crit = VGLAWCriterion()
+    return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b),
+                loss=lambda out, b: crit(out, b)["loss"],
+                optimizer=lambda m: method.build_optimizer(args, m, 1)[0], clip_max_norm=args.clip_max_norm,
+                label=f"VG-LAW {a.preset} {S}px svd")
+
+
+def make_loader(a):
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
+
+    import vglaw.method as method
+    from vgcore.bench import LoaderCase, upscale_records
+    from vgcore.data.dataset import Collate, GroundingDataset
+    from vgcore.synthetic.scenes import generate
+    from vglaw.model import config_from_args
+
+    tmp = tempfile.mkdtemp(prefix="bench_vglaw_data_")
+    n = max(a.batch * a.loader_batches, a.batch)
+    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("refer",), image_format="jpg", verbose=False)
+    args = _train_args(a, ["--split_root", f"{tmp}/refer", "--image_root", f"{tmp}/images",
+                           "--bert_model", f"{tmp}/tokenizers"])
+    stub = SimpleNamespace(cfg=config_from_args({"preset": a.preset, "img_size": _img_size(a)}))
+    transform, tokenizer = method.pipeline(args, stub, True)
+    recs = upscale_records(method.records(args, "train", True))
+    ds = GroundingDataset(recs, transform, tokenizer=tokenizer, load_masks=method.load_masks(args, True))
+    return LoaderCase(ds, Collate(tokenizer), a.batch,
+                      label=f"VG-LAW train pipeline {_img_size(a)}px with masks, synthetic JPEG 448-768 px",
+                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -161,19 +252,15 @@ def bench_qkv(law: str, batch: int, img_size: int, rounds: int, device) -> list:
 
 
 # ---------------------------------------------------------------------------------------------- model level
-def bench_model(batch: int, img_size: int, iters: int, warmup: bool, device) -> list:
+def bench_model(preset: str, batch: int, img_size: int, iters: int, warmup: bool, device) -> list:
     from vglaw.loss import VGLAWCriterion
-    from vglaw.model import build_model
 
     torch.manual_seed(0)
-    model = build_model({"preset": "vitb", "img_size": img_size}).to(device)
-    with torch.no_grad():  # a generator that adapts (the fresh svd generator outputs A = 0)
-        for p in model.weight_generator.proj:
-            p[-1].weight.normal_(std=0.02)
+    model = _model(preset, img_size).to(device)
     crit = VGLAWCriterion()
     L = model.cfg.max_len
     images = torch.randn(batch, 3, img_size, img_size, device=device)
-    ids = torch.randint(1000, 2000, (batch, L), device=device)
+    ids = torch.randint(5, min(2000, model.cfg.vocab_size), (batch, L), device=device)
     att = torch.zeros(batch, L, dtype=torch.long, device=device)
     att[:, :12] = 1
     boxes = torch.rand(batch, 4, device=device) * 0.4 + 0.3
@@ -215,70 +302,69 @@ def bench_model(batch: int, img_size: int, iters: int, warmup: bool, device) -> 
         res = _interleaved(fns, iters, device)
         for path, (sec, mb) in res.items():
             rows.append(dict(level="model", law=model.cfg.law_type, mode=mode, path=path, sec=sec, peak_mb=mb,
-                             shape=f"ViT-B {img_size} px, BERT-6, both heads"))
+                             shape=f"{preset} {img_size} px, both heads"))
     model.zero_grad(set_to_none=True)
     return rows
 
 
-# --------------------------------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------------------------- loop levels
 def _finish(row: dict, device, batch: int) -> dict:
     sec = row.pop("sec")
-    return {"method": "VG-LAW", "level": row["level"], "law": row["law"], "mode": row["mode"], "path": row["path"],
-            "ms_per_step": round(sec * 1e3, 2), "images_per_s": round(batch / sec, 3),
-            "peak_mb": round(row["peak_mb"], 1), "device": device.type, "batch": batch,
-            "threads": torch.get_num_threads(), "shape": row["shape"]}
+    return {"method": "vglaw", "mode": row["mode"], "path": row["path"], "ms_per_step": round(sec * 1e3, 2),
+            "images_per_s": round(batch / sec, 3), "peak_mb": round(row["peak_mb"], 1), "level": row["level"],
+            "law": row["law"], "device": device.type, "batch": batch, "threads": torch.get_num_threads(),
+            "shape": row["shape"]}
 
 
-MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
-
-
-def main(argv=None) -> list:
-    if argv is None and MMAP_ENV not in os.environ and sys.platform.startswith("linux"):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, MMAP_ENV: str(128 * 1024)})
-    p = argparse.ArgumentParser("VG-LAW benchmark", description=__doc__.split("\n")[0])
-    p.add_argument("--level", default="all", choices=["qkv", "model", "all"])
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cpu, and cuda too when present)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--img_size", type=int, default=448)
-    p.add_argument("--laws", default="svd,la,od3", help="law types of the qkv level (svd, la, od1, od2, od3)")
-    p.add_argument("--rounds", type=int, default=5, help="qkv level: interleaved timing rounds")
-    p.add_argument("--iters", type=int, default=1, help="model level: interleaved timing rounds")
-    p.add_argument("--quick", action="store_true", help="2 qkv rounds, no model warm-up")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--json", action="store_true", help="one JSON object per figure and line")
-    a = p.parse_args(argv)
+def loops(a) -> list:
+    """The ``qkv`` / ``model`` levels (in this process)."""
+    from vgcore import bench
     if a.threads:
         torch.set_num_threads(a.threads)
+    bench._track_memory()  # the resident set follows the live tensors (peak memory per path)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rounds = 2 if a.quick else a.rounds
-    devices = [a.device] if a.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    groups = []
+    if a.level in ("qkv", "all"):
+        groups += [bench_qkv(law.strip(), a.batch, _img_size(a), rounds, device)
+                   for law in a.laws.split(",") if law.strip()]
+    if a.level in ("model", "all"):
+        groups.append(bench_model(a.preset, a.batch, _img_size(a), a.model_rounds, not a.quick, device))
     out = []
-    for dev_name in devices:
-        device = torch.device(dev_name)
-        groups = []
-        if a.level in ("qkv", "all"):
-            groups += [bench_qkv(law.strip(), a.batch, a.img_size, rounds, device)
-                       for law in a.laws.split(",") if law.strip()]
-        if a.level in ("model", "all"):
-            groups.append(bench_model(a.batch, a.img_size, a.iters, not a.quick, device))
-        for rows in groups:
-            rows = [_finish(r, device, a.batch) for r in rows]
-            out += rows
+    for rows in groups:
+        rows = [_finish(r, device, a.batch) for r in rows]
+        out += rows
+        for r in rows:
+            if a.json:
+                print(json.dumps(r), flush=True)
+            else:
+                print(f"  {r['level']:<5} {r['law']:<4} {r['mode']:<5} {r['path']:<11} {r['ms_per_step']:>10.1f} "
+                      f"ms/step {r['images_per_s']:>9.2f} images/s  peak {r['peak_mb']:7.0f} MB", flush=True)
+        if not a.json:
+            base = {r["mode"]: r["ms_per_step"] for r in rows if r["path"] == "batched"}
             for r in rows:
-                if a.json:
-                    print(json.dumps(r), flush=True)
-                else:
-                    what = "fwd+bwd" if r["mode"] == "train" else "infer"
-                    print(f"{r['device']:>4} {r['level']:<5} {r['law']:<4} {what:<7} {r['path']:<11} "
-                          f"{r['ms_per_step']:>10.1f} ms/step {r['images_per_s']:>9.2f} img/s "
-                          f"peak +{r['peak_mb']:.0f} MB", flush=True)
-            if not a.json:
-                base = {r["mode"]: r["ms_per_step"] for r in rows if r["path"] == "batched"}
-                for r in rows:
-                    if r["path"].startswith("loop"):
-                        print(f"     {r['level']} {r['law']} {r['mode']}: {r['path']} / batched = "
-                              f"x{r['ms_per_step'] / base[r['mode']]:.2f}", flush=True)
+                if r["path"].startswith("loop"):
+                    print(f"     {r['level']} {r['law']} {r['mode']}: {r['path']} / batched = "
+                          f"x{r['ms_per_step'] / base[r['mode']]:.2f}", flush=True)
     if not a.json:
-        print(f"# {torch.get_num_threads()} threads; os.cpu_count() {os.cpu_count()}")
+        print(f"# loop levels on {device.type}, {torch.get_num_threads()} threads, batch {a.batch}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> list:
+    from vgcore import bench
+    argv = list(sys.argv[1:] if argv is None else argv)
+    description = __doc__.split("\n")[0]
+    p = bench.build_parser(description, MODES, {"batch": 8})
+    add_args(p)
+    a = p.parse_args(argv)
+    out = []
+    if a._worker or a.level in ("paths", "all"):
+        out += bench.main("vglaw", make_case, MODES, argv, make_loader=make_loader, add_args=add_args,
+                          description=description, defaults={"batch": 8}, script=__file__)
+    if not a._worker and a.level != "paths":
+        out += loops(a)
     return out
 
 

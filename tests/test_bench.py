@@ -58,3 +58,49 @@ def test_bench_simvg_tiny_json_lines():
                                                        ("data", "1 worker")]
     assert all(list(x) == list(bench.FIELDS) and x["method"] == "simvg" for x in lines)
     assert all(x["images_per_s"] > 0 for x in lines)
+
+
+def test_train_variant_modes_train_and_get_the_training_paths():
+    assert bench.is_train("train") and bench.is_train("train_frozen") and not bench.is_train("infer_decoder")
+    assert "grad_ckpt" in bench.default_paths("train_frozen", "cpu")
+    case = _case()
+    before = [p.detach().clone() for p in case.model.parameters()]
+    bench.measure(case, "train_frozen", bench.PATHS["fp32"], "cpu", iters=1, warmup=1)
+    assert all(not torch.equal(a, b) for a, b in zip(before, case.model.parameters()))
+
+
+def test_upscale_records_scales_image_boxes_and_polygons(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vgcore.data.sample import Record
+    Image.new("RGB", (20, 10), (200, 10, 10)).save(tmp_path / "a.jpg")
+    r = Record(str(tmp_path / "a.jpg"), "red", [[1, 2, 5, 6]], mask=[[1, 2, 5, 2, 5, 6]], height=10, width=20)
+    out, = bench.upscale_records([r], factor=4)
+    with Image.open(tmp_path / "a.jpg") as im:
+        assert im.size == (80, 40)
+    np.testing.assert_allclose(out.boxes, [[4, 8, 20, 24]])
+    assert out.mask == [[4, 8, 20, 8, 20, 24]] and (out.height, out.width) == (40, 80)
+
+
+def _run_tiny(script, *args):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--batch", "2", "--quick", "--threads", "1",
+                          "--loader_batches", "1", "--json", *args],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    lines = [json.loads(x) for x in out.strip().splitlines() if x.startswith("{")]
+    assert all(list(x) == list(bench.FIELDS) for x in lines)
+    assert all(x["images_per_s"] > 0 for x in lines)
+    return [(x["method"], x["mode"], x["path"]) for x in lines]
+
+
+def test_bench_resvg_tiny_json_lines():
+    got = _run_tiny("bench_resvg.py", "--preset", "tiny", "--modes", "train_frozen", "infer", "--paths", "fp32",
+                    "grad_ckpt")
+    assert got == [("resvg", "train_frozen", "fp32"), ("resvg", "train_frozen", "grad_ckpt"),
+                   ("resvg", "infer", "fp32"), ("resvg", "data", "1 worker")]
+
+
+def test_bench_alvg_tiny_json_lines_beside_simvg():
+    got = _run_tiny("bench_alvg.py", "--backbone", "tiny", "--modes", "train", "--paths", "grad_ckpt")
+    assert got == [("alvg", "train", "grad_ckpt"), ("alvg", "data", "1 worker"),
+                   ("simvg", "train", "grad_ckpt"), ("simvg", "data", "1 worker")]

@@ -100,8 +100,9 @@ def test_tiny_synthetic_chain():
     assert ev["pretrained_path"] == ["o/run/best_checkpoint.pth"] and ev["eval_sets"] == ["val"]
 
 
-def test_bench_prints_one_json_line_per_figure():
-    """scripts/bench_vglaw.py --json at a toy size: every path of every mode, with the documented fields."""
+def test_bench_loop_level_prints_one_json_line_per_figure():
+    """scripts/bench_vglaw.py --level qkv --json at a toy size: every path of every mode, with the documented
+    fields."""
     import json
     import sys
     proc = subprocess.run([sys.executable, "scripts/bench_vglaw.py", "--level", "qkv", "--laws", "svd,od2", "--batch", "2",
@@ -113,4 +114,24 @@ def test_bench_prints_one_json_line_per_figure():
         (law, mode, path) for law in ("svd", "od2") for mode in ("train", "infer")
         for path in ("batched", "loop", "loop_weight", "plain")}
     for r in rows:
-        assert r["method"] == "VG-LAW" and r["ms_per_step"] > 0 and r["images_per_s"] > 0 and r["peak_mb"] == r["peak_mb"]
+        assert r["method"] == "vglaw" and r["level"] == "qkv" and r["ms_per_step"] > 0 and r["images_per_s"] > 0
+        assert r["peak_mb"] == r["peak_mb"] and list(r)[:6] == ["method", "mode", "path", "ms_per_step",
+                                                                "images_per_s", "peak_mb"]
+
+
+def test_bench_tiny_paths_and_model_loop_json_lines():
+    """--level all with the tiny preset: the vgcore.bench figures (fp32 and grad_ckpt training, inference, the
+    data loader) then the model-level batched / loop figures."""
+    import json
+    import sys
+    proc = subprocess.run([sys.executable, "scripts/bench_vglaw.py", "--preset", "tiny", "--img_size", "64", "--batch",
+                           "2", "--quick", "--threads", "1", "--paths", "fp32", "grad_ckpt", "--loader_batches", "1",
+                           "--level", "all", "--laws", "svd", "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    paths = [(r["mode"], r["path"]) for r in rows if "level" not in r]
+    assert paths == [("train", "fp32"), ("train", "grad_ckpt"), ("infer", "fp32"), ("data", "1 worker")]
+    model = {(r["mode"], r["path"]) for r in rows if r.get("level") == "model"}
+    assert model == {(m, p) for m in ("train", "infer") for p in ("batched", "loop")}
+    assert all(r["method"] == "vglaw" and r["images_per_s"] > 0 for r in rows)

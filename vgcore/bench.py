@@ -44,8 +44,8 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-__all__ = ["FIELDS", "ALLOCATOR_ENV", "BenchPath", "PATHS", "Case", "LoaderCase", "default_paths", "reuse_memory",
-           "measure", "measure_loader", "main", "figure"]
+__all__ = ["FIELDS", "ALLOCATOR_ENV", "BenchPath", "PATHS", "Case", "LoaderCase", "default_paths", "is_train",
+           "reuse_memory", "measure", "measure_loader", "main", "figure", "upscale_records", "build_parser"]
 
 FIELDS = ("method", "mode", "path", "ms_per_step", "images_per_s", "peak_mb")
 
@@ -75,10 +75,15 @@ PATHS = {p.name: p for p in (
 )}
 
 
+def is_train(mode: str) -> bool:
+    """A training mode: ``train`` or ``train_<variant>`` (e.g. ResVG's ``train_frozen``); the others infer."""
+    return mode == "train" or mode.startswith("train_")
+
+
 def default_paths(mode: str, device: str) -> List[str]:
     """fp32 first (the reference), then every fast path that applies to ``mode`` on ``device``."""
     cuda = torch.device(device).type == "cuda"
-    return [n for n, p in PATHS.items() if (cuda or not p.cuda_only) and (mode == "train" or not p.train_only)]
+    return [n for n, p in PATHS.items() if (cuda or not p.cuda_only) and (is_train(mode) or not p.train_only)]
 
 
 @dataclass
@@ -167,7 +172,7 @@ def measure(case: Case, mode: str, path: BenchPath, device: str, iters: int = 5,
     cuda = dev.type == "cuda"
     tracked = allocator and not cuda and _track_memory()
     model = case.model
-    train = mode == "train"
+    train = is_train(mode)
     if path.grad_ckpt:
         enable_grad_ckpt(model)
     if path.compile:
@@ -255,6 +260,33 @@ def measure_loader(lc: LoaderCase, batches: int = 4) -> dict:
             "label": lc.label}
 
 
+def upscale_records(records: list, factor: int = 4, quality: int = 95) -> list:
+    """Scale the images of ``records`` (re-saved in place) and their annotations (boxes, polygon masks, sizes) by
+    ``factor``, so that the data-loader figure decodes and resizes images of a real dataset's size: the synthetic
+    scenes are 112-192 px, x4 gives 448-768 px (COCO images are about 640 x 480).  Returns new records."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+    done = set()
+    out = []
+    for r in records:
+        if r.image_path not in done:
+            with Image.open(r.image_path) as im:
+                big = im.convert("RGB").resize((im.width * factor, im.height * factor), Image.BILINEAR)
+            big.save(r.image_path, quality=quality)
+            done.add(r.image_path)
+        mask = r.mask
+        if isinstance(mask, (list, tuple)):  # polygons: [[x0, y0, x1, y1, ...], ...]
+            mask = [[float(v) * factor for v in poly] for poly in mask]
+        elif mask is not None:
+            raise ValueError("upscale_records: only polygon masks are scaled")
+        out.append(dataclasses.replace(r, boxes=np.asarray(r.boxes) * factor, mask=mask,
+                                       height=r.height * factor if r.height else None,
+                                       width=r.width * factor if r.width else None))
+    return out
+
+
 def figure(method: str, r: dict) -> dict:
     """The JSON line of one result: exactly `FIELDS`."""
     d = dict(r, method=method)
@@ -279,6 +311,11 @@ def _parser(description: str, modes: Sequence[str], defaults: dict) -> argparse.
                    help="no allocator setting in the worker processes (to see what it saves)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def build_parser(description: str, modes: Sequence[str], defaults: Optional[dict] = None) -> argparse.ArgumentParser:
+    """The flags `main` parses (for a script that adds its own levels next to `main`'s figures)."""
+    return _parser(description, modes, defaults or {})
 
 
 def _row(r: dict, ref: Optional[dict]) -> str:
@@ -330,7 +367,7 @@ def main(method: str, make_case: Callable[[str, str, argparse.Namespace], Case],
         names = a.paths or (["fp32", "bf16"] if a.quick else default_paths(mode, device))
         if "fp32" in names:
             names = ["fp32"] + [n for n in names if n != "fp32"]
-        jobs += [(mode, n) for n in names if mode == "train" or not PATHS[n].train_only]
+        jobs += [(mode, n) for n in names if is_train(mode) or not PATHS[n].train_only]
     if make_loader is not None and a.loader_batches > 0:
         jobs.append(("data", ""))
     results, refs = [], {}

@@ -105,7 +105,7 @@ class AdaptiveLinear(nn.Module):
         # W0 x + b0, then S u accumulated in place into the same output (no extra [B, N, Co] temporary)
         x2, u2 = x.reshape(B * N, Ci), u.reshape(B * N, K)
         y = F.linear(x2, self.weight, self.bias) if self.bias is None else torch.addmm(self.bias, x2, self.weight.t())
-        return y.addmm_(u2, S.t()).reshape(B, N, Co)
+        return y.addmm_(u2, S.t().to(y.dtype)).reshape(B, N, Co)  # autocast leaves in-place ops alone
 
     def _scaled(self, x, c_in, sizes):
         """``concat_g (W0_g (x * c_in[:, g]) + b0_g)`` over the output-row groups ``sizes``; c_in [B, k, C].

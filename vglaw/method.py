@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import List
 
-from vgcore import dist
+from vgcore import cli, dist
 from vgcore.checkpoint import load_model_file
 from vgcore.optim import Schedule, ScheduleFactor, build_optimizer as _build_optimizer, build_param_groups
 from vgcore.text import build_tokenizer
@@ -27,6 +27,7 @@ def add_args(parser: argparse.ArgumentParser, mode: str) -> None:
         add_train_args(parser)
     else:
         add_eval_args(parser, mode)
+    cli.add_speed_args(parser, only=None if mode == "train" else ("compile",))
 
 
 def prepare(args) -> None:

@@ -9,6 +9,10 @@ Compat switches (both ON for the official model):
 * ``pos_embed_tf_bicubic``: the resize uses TensorFlow-style bicubic (Keys a = -0.5, half-pixel centres,
   taps outside the grid dropped and the rest renormalised); off = torch bicubic (a = -0.75, clamped borders).
 * ``block_ln_eps``: LayerNorm eps of the blocks (official 1e-5; detectron2 ViTDet 1e-6).
+
+``grad_ckpt = True`` (``--grad_ckpt``): each block (with its language-adaptive qkv vector and the shared svd
+pair as inputs) is recomputed in the backward pass instead of keeping its activations; outputs and gradients
+are those of the plain run (drop-path draws the same numbers in the recomputation).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vgcore.models.checkpointing import checkpoint_call
 
 from vglaw.law import AdaptiveLinear
 
@@ -174,7 +180,8 @@ class PatchEmbed(nn.Module):
 
 class ViT(nn.Module):
     """``forward(images, ada=None, shared=None)``: ``ada`` is a list (one entry per block, None = not adapted)
-    of per-sample vectors [B, n]; ``shared`` the svd (S, D) pair.  Returns [B, C, H/16, W/16]."""
+    of per-sample vectors [B, n]; ``shared`` the svd (S, D) pair.  Returns [B, C, H/16, W/16].
+    ``grad_ckpt``: activation checkpointing per block while gradients are on (``--grad_ckpt``)."""
 
     def __init__(self, img_size: int = 448, patch_size: int = 16, embed_dim: int = 768, depth: int = 12,
                  num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.1, window_size: int = 14,
@@ -194,6 +201,7 @@ class ViT(nn.Module):
                   block_ln_eps, law_type, groups[i])
             for i in range(depth))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.grad_ckpt = False  # activation checkpointing per block (--grad_ckpt)
 
     def abs_pos(self, pos: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         return resize_abs_pos(pos, hw, has_cls=True, tf_bicubic=self.pos_embed_tf_bicubic)
@@ -202,6 +210,7 @@ class ViT(nn.Module):
         x = self.patch_embed(images)
         x = x + self.abs_pos(self.pos_embed, x.shape[1:3])
         ada = ada if ada is not None else [None] * len(self.blocks)
+        ckpt = self.grad_ckpt and torch.is_grad_enabled()
         for blk, a in zip(self.blocks, ada):
-            x = blk(x, a, shared)
+            x = checkpoint_call(blk, x, a, shared) if ckpt else blk(x, a, shared)
         return x.permute(0, 3, 1, 2)
