@@ -104,3 +104,54 @@ def test_bench_alvg_tiny_json_lines_beside_simvg():
     got = _run_tiny("bench_alvg.py", "--backbone", "tiny", "--modes", "train", "--paths", "grad_ckpt")
     assert got == [("alvg", "train", "grad_ckpt"), ("alvg", "data", "1 worker"),
                    ("simvg", "train", "grad_ckpt"), ("simvg", "data", "1 worker")]
+
+
+def test_random_tokens_layouts():
+    torch.manual_seed(0)
+    ids, mask = bench.random_tokens(3, 20, 4, 100, real=12)
+    assert ids.shape == (3, 20) and ids.dtype == torch.long and ((ids >= 4) & (ids < 100)).all()
+    assert mask.dtype == torch.bool and mask[:, :12].all() and not mask[:, 12:].any()
+    torch.manual_seed(0)
+    assert torch.equal(ids, torch.randint(4, 100, (3, 20)))  # the same draw as a plain randint
+    ids, mask = bench.random_tokens(2, 77, 300, 40000, real=10, start=49406, end=49407)
+    assert (ids[:, 0] == 49406).all() and (ids[:, 9] == 49407).all() and (ids[:, 10:] == 0).all()
+    assert ((ids[:, 1:9] >= 300) & (ids[:, 1:9] < 40000)).all()
+    assert torch.equal(mask, ids != 0)
+    with pytest.raises(ValueError):
+        bench.random_tokens(2, 8, 1, 5, start=1)
+
+
+def test_random_batch_fields_and_draw_order():
+    ids, mask = bench.random_tokens(2, 8, 1, 50, real=3)
+    boxes = torch.tensor([[0.5, 0.5, 0.3, 0.4]]).repeat(2, 1)
+    torch.manual_seed(0)
+    b = bench.random_batch(2, 16, "cpu", ids, mask, boxes, masks=lambda: (torch.rand(2, 16, 16) > 0.7).to(torch.uint8))
+    torch.manual_seed(0)
+    images, masks = torch.randn(2, 3, 16, 16), (torch.rand(2, 16, 16) > 0.7).to(torch.uint8)
+    assert torch.equal(b.images, images) and torch.equal(b.masks, masks)  # images first, then the masks
+    assert b.pixel_mask.shape == (2, 16, 16) and not b.pixel_mask.any()
+    assert b.text_ids is ids and b.text_mask is mask and torch.equal(b.boxes, boxes)
+    assert len(b.target_boxes) == 2 and torch.equal(torch.stack(b.target_boxes), boxes[:, None])
+    assert b.num_targets.tolist() == [1, 1] and b.orig_size.tolist() == [[16, 16]] * 2
+    assert b.affine.tolist() == [[1.0, 0.0, 1.0, 0.0]] * 2 and b.texts == ["x", "x"] and b.records == [None, None]
+    assert bench.random_batch(2, 16, "cpu", ids, mask, boxes).masks is None
+
+
+def test_synthetic_folder_and_grounding_loader():
+    import argparse
+    import os
+
+    from vgcore.data.sample import Record
+    a = argparse.Namespace(batch=2, loader_batches=2)
+    tmp, cleanup = bench.synthetic_folder("toy", "seqtr", a, tokenizers=False)
+    try:
+        assert os.path.basename(tmp).startswith("bench_toy_data_")
+        jpgs = [f for f in os.listdir(os.path.join(tmp, "images")) if f.endswith(".jpg")]
+        assert jpgs and os.path.isdir(os.path.join(tmp, "seqtr"))
+        recs = [Record(os.path.join(tmp, "images", jpgs[0]), "a thing", [[1, 2, 5, 6]])] * 3
+        lc = bench.grounding_loader(recs, None, None, 2, "toy pipeline", cleanup, load_masks="box")
+        assert lc.dataset.records is recs and lc.dataset.load_masks == "box"
+        assert len(lc.dataset) == 3 and lc.batch_size == 2 and lc.label == "toy pipeline" and lc.cleanup is cleanup
+    finally:
+        cleanup()
+    assert not os.path.exists(tmp)

@@ -6,7 +6,8 @@ plus the data loader's throughput per worker, and prints a table or, with ``--js
 
 A bench script supplies a ``make_case(mode, device, args) -> Case`` (model, inputs, loss, optimizer of one mode)
 and, optionally, a ``make_loader(args) -> LoaderCase`` (the method's training pipeline on synthetic images at
-its official size), then calls `main`.
+its official size), then calls `main`.  `random_tokens` and `random_batch` make a case's random inputs,
+`synthetic_folder` and `grounding_loader` a loader case on synthetic JPEG scenes.
 
 How it measures
 ---------------
@@ -40,12 +41,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 __all__ = ["FIELDS", "ALLOCATOR_ENV", "BenchPath", "PATHS", "Case", "LoaderCase", "default_paths", "is_train",
-           "reuse_memory", "measure", "measure_loader", "main", "figure", "upscale_records", "build_parser"]
+           "reuse_memory", "measure", "measure_loader", "main", "figure", "upscale_records", "build_parser",
+           "parse_args", "random_tokens", "random_batch", "synthetic_folder", "grounding_loader"]
 
 FIELDS = ("method", "mode", "path", "ms_per_step", "images_per_s", "peak_mb")
 
@@ -260,6 +262,71 @@ def measure_loader(lc: LoaderCase, batches: int = 4) -> dict:
             "label": lc.label}
 
 
+# ------------------------------------------------------------------------------------------------ inputs
+def random_tokens(B: int, L: int, low: int, high: int, real: int = 12, start: Optional[int] = None,
+                  end: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random text of ``real`` real tokens out of ``L``: ``(ids [B, L] long, mask [B, L] bool, True = real)``.
+
+    Without ``start`` / ``end`` every id (the padding's too) is drawn from [low, high); with them the real tokens
+    are ``start``, ``real - 2`` ids drawn from [low, high) and ``end``, and the padding ids are 0 (the layout of
+    CLIP's and BERT's tokenizers)."""
+    if (start is None) != (end is None):
+        raise ValueError("random_tokens: give both start and end, or neither")
+    if start is None:
+        ids = torch.randint(low, high, (B, L))
+    else:
+        ids = torch.zeros(B, L, dtype=torch.long)
+        ids[:, 0], ids[:, 1:real - 1], ids[:, real - 1] = start, torch.randint(low, high, (B, real - 2)), end
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    mask[:, :real] = True
+    return ids, mask
+
+
+def random_batch(B: int, S: int, device, text_ids: torch.Tensor, text_mask: torch.Tensor, boxes: torch.Tensor,
+                 masks: Union[torch.Tensor, Callable[[], torch.Tensor], None] = None):
+    """A `vgcore.data.sample.Batch` on ``device`` of B standard-normal S x S images (no padding, identity affine,
+    original size S x S) with the given text and one target box each (``boxes`` [B, 4], normalised cxcywh).
+    ``masks``: [B, S, S] uint8 object masks, or a function that draws them (called after the images are drawn,
+    so that a seeded run draws the same inputs in the same order)."""
+    from .data.sample import Batch
+    images = torch.randn(B, 3, S, S)
+    if callable(masks):
+        masks = masks()
+    return Batch(images=images, pixel_mask=torch.zeros(B, S, S, dtype=torch.bool), text_ids=text_ids,
+                 text_mask=text_mask, boxes=boxes, target_boxes=[b[None] for b in boxes],
+                 num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
+                 orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B, masks=masks).to(device)
+
+
+def synthetic_folder(method: str, fmt: str, a: argparse.Namespace, **generate_kw) -> Tuple[str, Callable[[], None]]:
+    """A temporary folder of synthetic JPEG scenes (`vgcore.synthetic.scenes.generate`) in the annotation layout
+    ``fmt`` (transvg, refer, seqtr), for the data-loader figure: ``max(a.batch * a.loader_batches, a.batch)``
+    training samples, one validation and one test sample.  ``generate_kw``: further `generate` options (e.g.
+    ``tokenizers=False``).  Returns the folder and the function that removes it (`LoaderCase.cleanup`)."""
+    import shutil
+    import tempfile
+
+    from .synthetic.scenes import generate
+    tmp = tempfile.mkdtemp(prefix=f"bench_{method}_data_")
+    cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)  # noqa: E731
+    try:
+        generate(tmp, num_train=max(a.batch * a.loader_batches, a.batch), num_val=1, num_test=1, formats=(fmt,),
+                 image_format="jpg", verbose=False, **generate_kw)
+    except BaseException:
+        cleanup()
+        raise
+    return tmp, cleanup
+
+
+def grounding_loader(records: list, transform: Callable, tokenizer: Any, batch_size: int, label: str,
+                     cleanup: Callable[[], None], **dataset_kw) -> LoaderCase:
+    """The `LoaderCase` of a method's training pipeline: a `GroundingDataset` of ``records`` through ``transform``
+    and ``tokenizer`` (``dataset_kw``: its further options, e.g. ``load_masks``) and its `Collate`."""
+    from .data.dataset import Collate, GroundingDataset
+    ds = GroundingDataset(records, transform, tokenizer=tokenizer, **dataset_kw)
+    return LoaderCase(ds, Collate(tokenizer), batch_size, label=label, cleanup=cleanup)
+
+
 def upscale_records(records: list, factor: int = 4, quality: int = 95) -> list:
     """Scale the images of ``records`` (re-saved in place) and their annotations (boxes, polygon masks, sizes) by
     ``factor``, so that the data-loader figure decodes and resizes images of a real dataset's size: the synthetic
@@ -318,6 +385,19 @@ def build_parser(description: str, modes: Sequence[str], defaults: Optional[dict
     return _parser(description, modes, defaults or {})
 
 
+def parse_args(description: str, modes: Sequence[str], argv=None,
+               add_args: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+               defaults: Optional[dict] = None) -> Tuple[argparse.Namespace, List[str]]:
+    """Parse `main`'s flags and the script's own (``add_args``), as `main` does (for a script that decides what
+    to run before calling `main`).  Returns the namespace and the arguments (``sys.argv[1:]`` when ``argv`` is
+    None) as a list."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser(description, modes, defaults)
+    if add_args is not None:
+        add_args(p)
+    return p.parse_args(argv), argv
+
+
 def _row(r: dict, ref: Optional[dict]) -> str:
     speed = ""
     if ref is not None and r["path"] != ref["path"]:
@@ -335,10 +415,7 @@ def main(method: str, make_case: Callable[[str, str, argparse.Namespace], Case],
          defaults: Optional[dict] = None, script: Optional[str] = None) -> List[dict]:
     """The bench script's entry point: parse, run every (mode, path) in a subprocess of ``script`` (default: the
     running script), print the table (or JSON lines); returns the results."""
-    p = _parser(description or f"{method} speed and memory", modes, defaults or {})
-    if add_args is not None:
-        add_args(p)
-    a = p.parse_args(argv)
+    a, argv = parse_args(description or f"{method} speed and memory", modes, argv, add_args, defaults)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -361,7 +438,7 @@ def main(method: str, make_case: Callable[[str, str, argparse.Namespace], Case],
     env = dict(os.environ)
     if not a.system_malloc:
         env.update({k: env.get(k, v) for k, v in ALLOCATOR_ENV.items()})
-    passthrough = [x for x in (argv if argv is not None else sys.argv[1:]) if x != "--json"]
+    passthrough = [x for x in argv if x != "--json"]
     jobs = []
     for mode in a.modes:
         names = a.paths or (["fp32", "bf16"] if a.quick else default_paths(mode, device))
