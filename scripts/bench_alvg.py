@@ -55,22 +55,16 @@ def _alvg_case(mode, device, a):
     from alvg.loss import ALVGCriterion
     from alvg.model import build_model
     from alvg.recipes import model_config_from_args, uses_masks
-    from vgcore.bench import Case
-    from vgcore.data.sample import Batch
+    from vgcore.bench import Case, random_batch, random_tokens
 
     args = _train_args(a)
     model = build_model(model_config_from_args(args, vocab_size=64010 if a.backbone == "base" else 100)).to(device)
     B, L, S = a.batch, model.cfg.max_text_len, model.cfg.img_size
-    ids = torch.randint(4, min(64000, model.beit3.cfg.vocab_size), (B, L))
-    mask = torch.zeros(B, L, dtype=torch.bool)
-    mask[:, :12] = True  # True = real token
-    boxes = torch.tensor([[0.5, 0.5, 0.3, 0.4]]).repeat(B, 1)
-    masks = torch.zeros(B, S, S, dtype=torch.uint8)
+    ids, mask = random_tokens(B, L, 4, min(64000, model.beit3.cfg.vocab_size), real=12)
+    masks = torch.zeros(B, S, S, dtype=torch.uint8)  # the box's rectangle
     masks[:, int(0.3 * S):int(0.7 * S), int(0.35 * S):int(0.65 * S)] = 1
-    batch = Batch(images=torch.randn(B, 3, S, S), pixel_mask=torch.zeros(B, S, S, dtype=torch.bool), text_ids=ids,
-                  text_mask=mask, boxes=boxes, target_boxes=[b[None] for b in boxes],
-                  num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
-                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B, masks=masks).to(device)
+    batch = random_batch(B, S, device, ids, mask, boxes=torch.tensor([[0.5, 0.5, 0.3, 0.4]]).repeat(B, 1),
+                         masks=masks)
     crit = ALVGCriterion(dict(score_attn_loss_weight=args.score_attn_loss_weight,
                               decoder_attn_loss_weight=args.decoder_attn_loss_weight, use_masks=uses_masks(args)),
                          model.cfg.compat())
@@ -88,22 +82,15 @@ def make_case(mode, device, a):
 
 
 def _alvg_loader(a):
-    import shutil
-    import tempfile
-
     import alvg.method as method
     from alvg.data import decode_masks_first
     from alvg.model import config_from_args
     from alvg.recipes import model_config_from_args, uses_masks
-    from vgcore.bench import LoaderCase, upscale_records
-    from vgcore.data.dataset import Collate, GroundingDataset
+    from vgcore.bench import grounding_loader, synthetic_folder, upscale_records
     from vgcore.data.transforms import build_transforms
-    from vgcore.synthetic.scenes import generate
     from vgcore.text import build_tokenizer
 
-    tmp = tempfile.mkdtemp(prefix="bench_alvg_data_")
-    n = max(a.batch * a.loader_batches, a.batch)
-    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("seqtr",), image_format="jpg", verbose=False)
+    tmp, cleanup = synthetic_folder("alvg", "seqtr", a)
     args = _train_args(a, ["--data_root", f"{tmp}/seqtr", "--image_root", f"{tmp}/images",
                            "--beit3_spm", f"{tmp}/tokenizers/spm.model"])
     cfg = config_from_args(model_config_from_args(args, vocab_size=100))
@@ -112,12 +99,9 @@ def _alvg_loader(a):
         transform = decode_masks_first(transform)
     # the synthetic sentencepiece model is small: the tokenizer's XLM-R vocabulary-size check is relaxed
     tokenizer = build_tokenizer("beit3", max_len=cfg.max_text_len, vocab_file=args.beit3_spm, min_vocab=1)
-    recs = upscale_records(method.records(args, "train", True))
-    ds = GroundingDataset(recs, transform, tokenizer=tokenizer)
-    return LoaderCase(ds, Collate(tokenizer), a.batch,
-                      label=f"ALVG train pipeline {cfg.img_size}px, masks {'on' if uses_masks(args) else 'off'}, "
-                            "synthetic JPEG 448-768 px",
-                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return grounding_loader(upscale_records(method.records(args, "train", True)), transform, tokenizer, a.batch,
+                            f"ALVG train pipeline {cfg.img_size}px, masks {'on' if uses_masks(args) else 'off'}, "
+                            "synthetic JPEG 448-768 px", cleanup)
 
 
 def make_loader(a):
@@ -129,11 +113,8 @@ def make_loader(a):
 
 def main(argv=None):
     from vgcore import bench
-    argv = list(sys.argv[1:] if argv is None else argv)
     description = __doc__.split("\n")[0]
-    p = bench.build_parser(description, MODES, {"batch": 8})
-    add_args(p)
-    a = p.parse_args(argv)
+    a, argv = bench.parse_args(description, MODES, argv, add_args, {"batch": 8})
     out = []
     for method in ([a.bench_method] if a._worker else a.methods):
         out += bench.main(method, make_case, MODES, [*argv, "--bench_method", method], make_loader=make_loader,

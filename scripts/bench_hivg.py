@@ -51,18 +51,12 @@ def make_case(mode, device, a):
     import hivg.method as method
     from hivg.loss import HiVGCriterion
     from hivg.model import build_model
-    from vgcore.bench import Case
-    from vgcore.data.sample import Batch
+    from vgcore.bench import Case, random_batch, random_tokens
 
     model = build_model(_config(a)).to(device)
     B, S = a.batch, model.cfg.image_size
-    ids = torch.zeros(B, 77, dtype=torch.long)
-    ids[:, 0], ids[:, 1:9], ids[:, 9] = 49406, torch.randint(300, 40000, (B, 8)), 49407
-    boxes = torch.rand(B, 4) * 0.4 + 0.3
-    batch = Batch(images=torch.randn(B, 3, S, S), pixel_mask=torch.zeros(B, S, S, dtype=torch.bool), text_ids=ids,
-                  text_mask=ids != 0, boxes=boxes, target_boxes=[b[None] for b in boxes],
-                  num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
-                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B).to(device)
+    ids, mask = random_tokens(B, 77, 300, 40000, real=10, start=49406, end=49407)  # CLIP: SOT, 8 words, EOT
+    batch = random_batch(B, S, device, ids, mask, boxes=torch.rand(B, 4) * 0.4 + 0.3)
     args = _train_args()
     crit = HiVGCriterion(args)
     return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b),
@@ -72,26 +66,17 @@ def make_case(mode, device, a):
 
 
 def make_loader(a):
-    import shutil
-    import tempfile
     from types import SimpleNamespace
 
     import hivg.method as method
-    from vgcore.bench import LoaderCase
-    from vgcore.data.dataset import Collate, GroundingDataset
-    from vgcore.synthetic.scenes import generate
+    from vgcore.bench import grounding_loader, synthetic_folder
 
-    tmp = tempfile.mkdtemp(prefix="bench_hivg_data_")
-    n = max(a.batch * a.loader_batches, a.batch)
-    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("transvg",), image_format="jpg", verbose=False,
-             tokenizers=False)
+    tmp, cleanup = synthetic_folder("hivg", "transvg", a, tokenizers=False)
     args = _train_args(["--split_root", f"{tmp}/split/data", "--image_root", f"{tmp}/images", "--dataset", "unc",
                         "--imsize", str(_imsize(a)), "--aug_crop", "--aug_scale", "--aug_translate"])
-    stub = SimpleNamespace(cfg=_config(a))
-    transform, tokenizer = method.pipeline(args, stub, True)
-    ds = GroundingDataset(method.records(args, "train", True), transform, tokenizer=tokenizer)
-    return LoaderCase(ds, Collate(tokenizer), a.batch, label=f"HiVG train pipeline {_imsize(a)}px, synthetic JPEG",
-                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
+    transform, tokenizer = method.pipeline(args, SimpleNamespace(cfg=_config(a)), True)
+    return grounding_loader(method.records(args, "train", True), transform, tokenizer, a.batch,
+                            f"HiVG train pipeline {_imsize(a)}px, synthetic JPEG", cleanup)
 
 
 def main(argv=None):

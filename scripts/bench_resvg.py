@@ -47,17 +47,17 @@ def make_case(mode, device, a):
     from resvg.args import model_config_from_args
     from resvg.loss import ResVGCriterion
     from resvg.model import build_model
-    from vgcore.bench import Case
+    from vgcore.bench import Case, random_tokens
 
     args = _train_args(a)
     model = build_model(model_config_from_args(args)).to(device)
     B, S, L = a.batch, model.cfg.img_size, model.cfg.max_query_len
     images = torch.randn(B, 3, S, S)
-    ids = torch.zeros(B, L, dtype=torch.long)
-    ids[:, 0], ids[:, 1:11], ids[:, 11] = 101, torch.randint(1000, 30000 if a.preset != "tiny" else 2000, (B, 10)), 102
+    # BERT: [CLS], 10 words, [SEP]
+    ids, mask = random_tokens(B, L, 1000, 30000 if a.preset != "tiny" else 2000, real=12, start=101, end=102)
     prior = torch.randn(B, model.cfg.prior_dim)
     target = torch.rand(B, 4) * 0.3 + torch.tensor([0.35, 0.35, 0.2, 0.2])
-    batch = tuple(t.to(device) for t in (images, ids, ids != 0, prior, target))
+    batch = tuple(t.to(device) for t in (images, ids, mask, prior, target))
     crit = ResVGCriterion(dict(weight_l1=5.0, weight_giou=2.0, aux_loss=True))
     if mode == "train_frozen":
         model.schedule_epoch = 0  # train() freezes cfg.freeze_modules, as in the first epochs
@@ -71,29 +71,20 @@ def make_case(mode, device, a):
 
 
 def make_loader(a):
-    import shutil
-    import tempfile
     from types import SimpleNamespace
 
     import resvg.method as method
     from resvg.args import model_config_from_args
-    from vgcore.bench import LoaderCase, upscale_records
-    from vgcore.data.dataset import Collate, GroundingDataset
-    from vgcore.synthetic.scenes import generate
+    from vgcore.bench import grounding_loader, synthetic_folder, upscale_records
 
-    tmp = tempfile.mkdtemp(prefix="bench_resvg_data_")
-    n = max(a.batch * a.loader_batches, a.batch)
-    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("transvg",), image_format="jpg", verbose=False)
+    tmp, cleanup = synthetic_folder("resvg", "transvg", a)
     args = _train_args(a, ["--split_root", f"{tmp}/split/data", "--image_root", f"{tmp}/images", "--dataset", "unc",
                            "--train_split", "train", "--bert_token_mode", f"{tmp}/tokenizers/vocab.txt"])
     cfg = model_config_from_args(args)
     args.model_config = cfg.to_dict()
     transform, tokenizer = method.pipeline(args, SimpleNamespace(cfg=cfg), True)
-    recs = upscale_records(method.records(args, "train", True))
-    ds = GroundingDataset(recs, transform, tokenizer=tokenizer)
-    return LoaderCase(ds, Collate(tokenizer), a.batch,
-                      label=f"ResVG train pipeline {cfg.img_size}px, synthetic JPEG 448-768 px",
-                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return grounding_loader(upscale_records(method.records(args, "train", True)), transform, tokenizer, a.batch,
+                            f"ResVG train pipeline {cfg.img_size}px, synthetic JPEG 448-768 px", cleanup)
 
 
 def main(argv=None):

@@ -40,22 +40,14 @@ def make_case(mode, device, a):
     import simvg.method as method
     from simvg.loss import SimVGCriterion
     from simvg.model import build_model
-    from vgcore.bench import Case
-    from vgcore.data.sample import Batch
+    from vgcore.bench import Case, random_batch, random_tokens
 
     args = _train_args(a)
     over = {} if a.backbone == "tiny" else {"img_size": args.img_size}
     model = build_model({"preset": _PRESET[a.backbone], **over}).to(device)
     B, L, S = a.batch, args.max_token, model.cfg.img_size
-    vocab = model.cfg.vocab_size
-    ids = torch.randint(4, vocab, (B, L))
-    mask = torch.zeros(B, L, dtype=torch.bool)
-    mask[:, :12] = True  # True = real token
-    boxes = torch.tensor([[0.5, 0.5, 0.3, 0.4]]).repeat(B, 1)
-    batch = Batch(images=torch.randn(B, 3, S, S), pixel_mask=torch.zeros(B, S, S, dtype=torch.bool), text_ids=ids,
-                  text_mask=mask, boxes=boxes, target_boxes=[b[None] for b in boxes],
-                  num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
-                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B).to(device)
+    ids, mask = random_tokens(B, L, 4, model.cfg.vocab_size, real=12)
+    batch = random_batch(B, S, device, ids, mask, boxes=torch.tensor([[0.5, 0.5, 0.3, 0.4]]).repeat(B, 1))
     branch = {"train": "both", "infer_decoder": "decoder", "infer_token": "token"}[mode]
     crit = SimVGCriterion(dict(lambda_decoder=1.0, lambda_token=2.0, lambda_distill=1.0))
     return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b, branch=branch),
@@ -65,32 +57,23 @@ def make_case(mode, device, a):
 
 
 def make_loader(a):
-    import shutil
-    import tempfile
-    from types import SimpleNamespace
-
     import simvg.method as method
     from simvg.model import config_from_args
-    from vgcore.bench import LoaderCase
-    from vgcore.data.dataset import Collate, GroundingDataset
-    from vgcore.synthetic.scenes import generate
+    from vgcore.bench import grounding_loader, synthetic_folder
     from vgcore.data.transforms import build_transforms
     from vgcore.text import build_tokenizer
 
-    tmp = tempfile.mkdtemp(prefix="bench_simvg_data_")
-    n = max(a.batch * a.loader_batches, a.batch)
-    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("seqtr",), image_format="jpg", verbose=False)
+    tmp, cleanup = synthetic_folder("simvg", "seqtr", a)
     args = _train_args(a, ["--data_root", f"{tmp}/seqtr", "--image_root", f"{tmp}/images",
                            "--beit3_spm", f"{tmp}/tokenizers/spm.model"])
     over = {} if a.backbone == "tiny" else {"img_size": args.img_size}
-    stub = SimpleNamespace(cfg=config_from_args({"preset": _PRESET[a.backbone], "max_text_len": args.max_token, **over}))
-    transform = build_transforms("simvg", train=True, imsize=stub.cfg.img_size, lsj=bool(args.lsj))  # method.pipeline's
+    cfg = config_from_args({"preset": _PRESET[a.backbone], "max_text_len": args.max_token, **over})
+    transform = build_transforms("simvg", train=True, imsize=cfg.img_size, lsj=bool(args.lsj))  # method.pipeline's
     # the synthetic sentencepiece model is small: the tokenizer's XLM-R vocabulary-size check is relaxed
     tokenizer = build_tokenizer("beit3", max_len=args.max_token, vocab_file=args.beit3_spm, min_vocab=1)
-    ds = GroundingDataset(method.records(args, "train", True), transform, tokenizer=tokenizer)
-    return LoaderCase(ds, Collate(tokenizer), a.batch,
-                      label=f"SimVG train pipeline {stub.cfg.img_size}px, LSJ {'on' if args.lsj else 'off'}, synthetic JPEG",
-                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return grounding_loader(method.records(args, "train", True), transform, tokenizer, a.batch,
+                            f"SimVG train pipeline {cfg.img_size}px, LSJ {'on' if args.lsj else 'off'}, synthetic JPEG",
+                            cleanup)
 
 
 def main(argv=None):

@@ -87,23 +87,16 @@ def _train_args(a, extra=()):
 # ------------------------------------------------------------------------------------------------ paths level
 def make_case(mode, device, a):
     import vglaw.method as method
-    from vgcore.bench import Case
-    from vgcore.data.sample import Batch
+    from vgcore.bench import Case, random_batch, random_tokens
     from vglaw.loss import VGLAWCriterion
 
     args = _train_args(a)
     S = _img_size(a)
     model = _model(a.preset, S).to(device)
     B, L = a.batch, model.cfg.max_len
-    ids = torch.randint(5, min(2000, model.cfg.vocab_size), (B, L))
-    mask = torch.zeros(B, L, dtype=torch.bool)
-    mask[:, :12] = True
-    boxes = torch.rand(B, 4) * 0.4 + 0.3
-    batch = Batch(images=torch.randn(B, 3, S, S), pixel_mask=torch.zeros(B, S, S, dtype=torch.bool), text_ids=ids,
-                  text_mask=mask, boxes=boxes, target_boxes=[b[None] for b in boxes],
-                  num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
-                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B,
-                  masks=(torch.rand(B, S, S) > 0.7).to(torch.uint8)).to(device)
+    ids, mask = random_tokens(B, L, 5, min(2000, model.cfg.vocab_size), real=12)
+    batch = random_batch(B, S, device, ids, mask, boxes=torch.rand(B, 4) * 0.4 + 0.3,
+                         masks=lambda: (torch.rand(B, S, S) > 0.7).to(torch.uint8))
     crit = VGLAWCriterion()
     return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b),
                 loss=lambda out, b: crit(out, b)["loss"],
@@ -112,28 +105,20 @@ def make_case(mode, device, a):
 
 
 def make_loader(a):
-    import shutil
-    import tempfile
     from types import SimpleNamespace
 
     import vglaw.method as method
-    from vgcore.bench import LoaderCase, upscale_records
-    from vgcore.data.dataset import Collate, GroundingDataset
-    from vgcore.synthetic.scenes import generate
+    from vgcore.bench import grounding_loader, synthetic_folder, upscale_records
     from vglaw.model import config_from_args
 
-    tmp = tempfile.mkdtemp(prefix="bench_vglaw_data_")
-    n = max(a.batch * a.loader_batches, a.batch)
-    generate(tmp, num_train=n, num_val=1, num_test=1, formats=("refer",), image_format="jpg", verbose=False)
+    tmp, cleanup = synthetic_folder("vglaw", "refer", a)
     args = _train_args(a, ["--split_root", f"{tmp}/refer", "--image_root", f"{tmp}/images",
                            "--bert_model", f"{tmp}/tokenizers"])
     stub = SimpleNamespace(cfg=config_from_args({"preset": a.preset, "img_size": _img_size(a)}))
     transform, tokenizer = method.pipeline(args, stub, True)
-    recs = upscale_records(method.records(args, "train", True))
-    ds = GroundingDataset(recs, transform, tokenizer=tokenizer, load_masks=method.load_masks(args, True))
-    return LoaderCase(ds, Collate(tokenizer), a.batch,
-                      label=f"VG-LAW train pipeline {_img_size(a)}px with masks, synthetic JPEG 448-768 px",
-                      cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return grounding_loader(upscale_records(method.records(args, "train", True)), transform, tokenizer, a.batch,
+                            f"VG-LAW train pipeline {_img_size(a)}px with masks, synthetic JPEG 448-768 px", cleanup,
+                            load_masks=method.load_masks(args, True))
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -354,11 +339,8 @@ def loops(a) -> list:
 # --------------------------------------------------------------------------------------------------- main
 def main(argv=None) -> list:
     from vgcore import bench
-    argv = list(sys.argv[1:] if argv is None else argv)
     description = __doc__.split("\n")[0]
-    p = bench.build_parser(description, MODES, {"batch": 8})
-    add_args(p)
-    a = p.parse_args(argv)
+    a, argv = bench.parse_args(description, MODES, argv, add_args, {"batch": 8})
     out = []
     if a._worker or a.level in ("paths", "all"):
         out += bench.main("vglaw", make_case, MODES, argv, make_loader=make_loader, add_args=add_args,
