@@ -55,7 +55,7 @@ def _alvg_case(mode, device, a):
     from alvg.loss import ALVGCriterion
     from alvg.model import build_model
     from alvg.recipes import model_config_from_args, uses_masks
-    from vgcore.bench import Case, random_batch, random_tokens
+    from vgcore.bench import method_case, random_batch, random_tokens
 
     args = _train_args(a)
     model = build_model(model_config_from_args(args, vocab_size=64010 if a.backbone == "base" else 100)).to(device)
@@ -68,10 +68,7 @@ def _alvg_case(mode, device, a):
     crit = ALVGCriterion(dict(score_attn_loss_weight=args.score_attn_loss_weight,
                               decoder_attn_loss_weight=args.decoder_attn_loss_weight, use_masks=uses_masks(args)),
                          model.cfg.compat())
-    return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b),
-                loss=lambda out, b: crit(out, b)["loss"],
-                optimizer=lambda m: method.build_optimizer(args, m, 1)[0], clip_max_norm=args.grad_norm_clip,
-                label=f"ALVG BEiT-3 {a.backbone} {S}px")
+    return method_case(method, args, model, batch, crit, args.grad_norm_clip, f"ALVG BEiT-3 {a.backbone} {S}px")
 
 
 def make_case(mode, device, a):

@@ -51,18 +51,15 @@ def make_case(mode, device, a):
     import hivg.method as method
     from hivg.loss import HiVGCriterion
     from hivg.model import build_model
-    from vgcore.bench import Case, random_batch, random_tokens
+    from vgcore.bench import method_case, random_batch, random_tokens
 
     model = build_model(_config(a)).to(device)
     B, S = a.batch, model.cfg.image_size
     ids, mask = random_tokens(B, 77, 300, 40000, real=10, start=49406, end=49407)  # CLIP: SOT, 8 words, EOT
     batch = random_batch(B, S, device, ids, mask, boxes=torch.rand(B, 4) * 0.4 + 0.3)
     args = _train_args()
-    crit = HiVGCriterion(args)
-    return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b),
-                loss=lambda out, b: crit(out, b)["loss"],
-                optimizer=lambda m: method.build_optimizer(args, m, 1)[0], clip_max_norm=args.clip_max_norm,
-                label=f"HiVG {a.model} {S}px stage {a.stage}")
+    return method_case(method, args, model, batch, HiVGCriterion(args), args.clip_max_norm,
+                       f"HiVG {a.model} {S}px stage {a.stage}")
 
 
 def make_loader(a):

@@ -47,7 +47,7 @@ def make_case(mode, device, a):
     from resvg.args import model_config_from_args
     from resvg.loss import ResVGCriterion
     from resvg.model import build_model
-    from vgcore.bench import Case, random_tokens
+    from vgcore.bench import method_case, random_tokens
 
     args = _train_args(a)
     model = build_model(model_config_from_args(args)).to(device)
@@ -63,11 +63,10 @@ def make_case(mode, device, a):
         model.schedule_epoch = 0  # train() freezes cfg.freeze_modules, as in the first epochs
     elif mode == "train":
         model.schedule_epoch = model.cfg.freeze_epochs
-    opt = lambda m: method.build_optimizer(args, m, 1)[0]  # noqa: E731  (groups built before freezing, as train.py)
-    return Case(model=model, batch=batch, images=B,
-                forward=lambda m, b: m.forward_tensors(b[0], None, b[1], b[2], b[3]),
-                loss=lambda out, b: crit(out, b[4])["loss"], optimizer=opt, clip_max_norm=args.clip_max_norm,
-                label=f"ResVG {a.preset} {S}px")
+    # optimizer: method.build_optimizer's groups (built before freezing, as train.py)
+    return method_case(method, args, model, batch, lambda out, b: crit(out, b[4]), args.clip_max_norm,
+                       f"ResVG {a.preset} {S}px", forward=lambda m, b: m.forward_tensors(b[0], None, b[1], b[2], b[3]),
+                       images=B)
 
 
 def make_loader(a):

@@ -40,7 +40,7 @@ def make_case(mode, device, a):
     import simvg.method as method
     from simvg.loss import SimVGCriterion
     from simvg.model import build_model
-    from vgcore.bench import Case, random_batch, random_tokens
+    from vgcore.bench import method_case, random_batch, random_tokens
 
     args = _train_args(a)
     over = {} if a.backbone == "tiny" else {"img_size": args.img_size}
@@ -50,10 +50,8 @@ def make_case(mode, device, a):
     batch = random_batch(B, S, device, ids, mask, boxes=torch.tensor([[0.5, 0.5, 0.3, 0.4]]).repeat(B, 1))
     branch = {"train": "both", "infer_decoder": "decoder", "infer_token": "token"}[mode]
     crit = SimVGCriterion(dict(lambda_decoder=1.0, lambda_token=2.0, lambda_distill=1.0))
-    return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b, branch=branch),
-                loss=lambda out, b: crit(out, b)["loss"],
-                optimizer=lambda m: method.build_optimizer(args, m, 1)[0], clip_max_norm=args.grad_norm_clip,
-                label=f"SimVG BEiT-3 {a.backbone} {S}px")
+    return method_case(method, args, model, batch, crit, args.grad_norm_clip, f"SimVG BEiT-3 {a.backbone} {S}px",
+                       forward=lambda m, b: m(b, branch=branch))
 
 
 def make_loader(a):

@@ -87,7 +87,7 @@ def _train_args(a, extra=()):
 # ------------------------------------------------------------------------------------------------ paths level
 def make_case(mode, device, a):
     import vglaw.method as method
-    from vgcore.bench import Case, random_batch, random_tokens
+    from vgcore.bench import method_case, random_batch, random_tokens
     from vglaw.loss import VGLAWCriterion
 
     args = _train_args(a)
@@ -97,11 +97,7 @@ def make_case(mode, device, a):
     ids, mask = random_tokens(B, L, 5, min(2000, model.cfg.vocab_size), real=12)
     batch = random_batch(B, S, device, ids, mask, boxes=torch.rand(B, 4) * 0.4 + 0.3,
                          masks=lambda: (torch.rand(B, S, S) > 0.7).to(torch.uint8))
-    crit = VGLAWCriterion()
-    return Case(model=model, batch=batch, images=B, forward=lambda m, b: m(b),
-                loss=lambda out, b: crit(out, b)["loss"],
-                optimizer=lambda m: method.build_optimizer(args, m, 1)[0], clip_max_norm=args.clip_max_norm,
-                label=f"VG-LAW {a.preset} {S}px svd")
+    return method_case(method, args, model, batch, VGLAWCriterion(), args.clip_max_norm, f"VG-LAW {a.preset} {S}px svd")
 
 
 def make_loader(a):

@@ -155,3 +155,25 @@ def test_synthetic_folder_and_grounding_loader():
     finally:
         cleanup()
     assert not os.path.exists(tmp)
+
+
+def test_method_case_trains_through_the_method_optimizer():
+    from types import SimpleNamespace
+    built = []
+
+    def build_optimizer(args, model, iters_per_epoch):
+        built.append(iters_per_epoch)
+        return torch.optim.SGD(model.parameters(), lr=args.lr), None, None
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    x = torch.randn(6, 4)
+    case = bench.method_case(SimpleNamespace(build_optimizer=build_optimizer), SimpleNamespace(lr=0.1), model, x,
+                             lambda out, b: {"loss": out.square().mean(), "other": torch.tensor(5.0)}, 0.5, "toy")
+    assert case.images == 6 and case.clip_max_norm == 0.5 and case.label == "toy"
+    assert torch.equal(case.forward(model, x), model(x))
+    assert case.loss(case.forward(model, x), x).item() == pytest.approx(model(x).square().mean().item())
+    before = model.weight.detach().clone()
+    bench.measure(case, "train", bench.PATHS["fp32"], "cpu", iters=1, warmup=1)
+    assert built == [1] and not torch.equal(before, model.weight)
+    assert bench.method_case(None, None, model, (x, x), None, 0.0, "", images=6).images == 6

@@ -6,8 +6,8 @@ plus the data loader's throughput per worker, and prints a table or, with ``--js
 
 A bench script supplies a ``make_case(mode, device, args) -> Case`` (model, inputs, loss, optimizer of one mode)
 and, optionally, a ``make_loader(args) -> LoaderCase`` (the method's training pipeline on synthetic images at
-its official size), then calls `main`.  `random_tokens` and `random_batch` make a case's random inputs,
-`synthetic_folder` and `grounding_loader` a loader case on synthetic JPEG scenes.
+its official size), then calls `main`.  `random_tokens`, `random_batch` and `method_case` make a case of random
+inputs, `synthetic_folder` and `grounding_loader` a loader case on synthetic JPEG scenes.
 
 How it measures
 ---------------
@@ -47,7 +47,8 @@ import torch
 
 __all__ = ["FIELDS", "ALLOCATOR_ENV", "BenchPath", "PATHS", "Case", "LoaderCase", "default_paths", "is_train",
            "reuse_memory", "measure", "measure_loader", "main", "figure", "upscale_records", "build_parser",
-           "parse_args", "random_tokens", "random_batch", "synthetic_folder", "grounding_loader"]
+           "parse_args", "random_tokens", "random_batch", "method_case", "synthetic_folder",
+           "grounding_loader"]
 
 FIELDS = ("method", "mode", "path", "ms_per_step", "images_per_s", "peak_mb")
 
@@ -296,6 +297,18 @@ def random_batch(B: int, S: int, device, text_ids: torch.Tensor, text_mask: torc
                  text_mask=text_mask, boxes=boxes, target_boxes=[b[None] for b in boxes],
                  num_targets=torch.ones(B, dtype=torch.long), affine=torch.tensor([[1.0, 0, 1, 0]] * B),
                  orig_size=torch.tensor([[S, S]] * B), texts=["x"] * B, records=[None] * B, masks=masks).to(device)
+
+
+def method_case(method: Any, args: argparse.Namespace, model: torch.nn.Module, batch: Any, criterion: Callable,
+                clip_max_norm: float, label: str, forward: Optional[Callable[[torch.nn.Module, Any], Any]] = None,
+                images: Optional[int] = None) -> Case:
+    """The `Case` of a method package's model (``method``: its `vgcore.method` module, ``args``: its training
+    flags): ``forward(model, batch)`` (default ``model(batch)``), the loss ``criterion(outputs, batch)["loss"]``,
+    the optimizer its train.py builds (``method.build_optimizer(args, model, 1)``'s), gradient clipping at
+    ``clip_max_norm``.  ``images``: per step, default ``len(batch)``."""
+    return Case(model=model, batch=batch, images=len(batch) if images is None else images,
+                forward=forward or (lambda m, b: m(b)), loss=lambda out, b: criterion(out, b)["loss"],
+                optimizer=lambda m: method.build_optimizer(args, m, 1)[0], clip_max_norm=clip_max_norm, label=label)
 
 
 def synthetic_folder(method: str, fmt: str, a: argparse.Namespace, **generate_kw) -> Tuple[str, Callable[[], None]]:
