@@ -35,7 +35,6 @@ figure (method, mode, path, ms_per_step, images_per_s, peak_mb; loop levels add 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -45,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from vgcore import bench  # noqa: E402
 
 MODES = ("train", "infer")
 LEVELS = ("paths", "qkv", "model", "all")
@@ -118,14 +119,6 @@ def make_loader(a):
 
 
 # ------------------------------------------------------------------------------------------------ memory
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return float(line.split()[1]) / 1024
-    return float("nan")
-
-
 class Peak:
     """Peak memory of a block above the memory in use when it starts (see the module doc)."""
 
@@ -139,12 +132,8 @@ class Peak:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
-            try:  # reset the kernel's high-water mark (VmHWM) to the current resident set
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                pass
-            self.base = _status_mb("VmRSS")
+            bench._reset_peak_rss()  # the kernel's high-water mark (VmHWM) back to the current resident set
+            self.base = bench._status_mb("VmRSS")
         return self
 
     def __exit__(self, *exc):
@@ -152,7 +141,7 @@ class Peak:
             torch.cuda.synchronize(self.device)
             self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2 ** 20
         else:
-            self.mb = _status_mb("VmHWM") - self.base
+            self.mb = bench._status_mb("VmHWM") - self.base
         return False
 
 
@@ -299,7 +288,6 @@ def _finish(row: dict, device, batch: int) -> dict:
 
 def loops(a) -> list:
     """The ``qkv`` / ``model`` levels (in this process)."""
-    from vgcore import bench
     if a.threads:
         torch.set_num_threads(a.threads)
     bench._track_memory()  # the resident set follows the live tensors (peak memory per path)
@@ -334,7 +322,6 @@ def loops(a) -> list:
 
 # --------------------------------------------------------------------------------------------------- main
 def main(argv=None) -> list:
-    from vgcore import bench
     description = __doc__.split("\n")[0]
     a, argv = bench.parse_args(description, MODES, argv, add_args, {"batch": 8})
     out = []
