@@ -63,7 +63,9 @@ def make_case(mode, device, a):
         model.schedule_epoch = 0  # train() freezes cfg.freeze_modules, as in the first epochs
     elif mode == "train":
         model.schedule_epoch = model.cfg.freeze_epochs
-    # optimizer: method.build_optimizer's groups (built before freezing, as train.py)
+    # optimizer: method.build_optimizer's groups, built here after train() froze the modules, so in train_frozen
+    # they hold the trainable parameters only; train.py's also hold the frozen ones, which get no gradient and
+    # so cost AdamW nothing: the same work per step
     return method_case(method, args, model, batch, lambda out, b: crit(out, b[4]), args.clip_max_norm,
                        f"ResVG {a.preset} {S}px", forward=lambda m, b: m.forward_tensors(b[0], None, b[1], b[2], b[3]),
                        images=B)
