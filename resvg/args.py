@@ -77,7 +77,7 @@ def _data_args(p: argparse.ArgumentParser, mode: str) -> None:
         g.add_argument("--extra_train_splits", nargs="*", default=[],
                        help="split lists appended to --train_split, each with its own <split>_fea.pth (e.g. "
                             "--train_split train --extra_train_splits new_train when that list holds only the "
-                            "augmented samples)")
+                            "augmented samples); any name: <split_root>/<dataset>/<dataset>_<name>.pth")
         g.add_argument("--val_split", "--test_split", dest="val_split", default="val",
                        help="validated after every epoch")
         g.add_argument("--batch_size", type=int, default=16, help="per process (official: 16 x 4 GPUs)")

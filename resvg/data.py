@@ -20,6 +20,7 @@ split file and the sample, unless ``--truncate_long_queries`` (the official toke
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
 from typing import Dict, List
 
@@ -54,11 +55,19 @@ def image_root(args) -> str:
     return args.image_root or os.path.join(args.data_root, IMAGE_DIRS[args.dataset])
 
 
-def check_split(dataset: str, split: str) -> None:
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
+
+
+def check_split(dataset: str, split: str, official: bool = True) -> None:
+    """``official``: ``split`` must be one of the dataset's official splits (as the official loader demands);
+    otherwise any name made of letters, digits, ``_``, ``+`` and ``-`` (a user's own list, e.g. an extra
+    training list)."""
     if dataset not in DATASET_SPLITS:
         raise DataError(f"unknown ResVG dataset {dataset!r}; choose from {sorted(DATASET_SPLITS)}")
-    if split not in DATASET_SPLITS[dataset]:
+    if official and split not in DATASET_SPLITS[dataset]:
         raise DataError(f"dataset {dataset} has no split {split!r}; its splits: {', '.join(DATASET_SPLITS[dataset])}")
+    if not official and not _SPLIT_NAME.fullmatch(split):
+        raise DataError(f"split name {split!r}: use letters, digits, '_', '+' and '-' only")
 
 
 def prior_root(args) -> str:
@@ -115,7 +124,7 @@ def check_query_lengths(args, recs: list, tokenizer) -> None:
 
 
 def _split_records(args, split: str) -> list:
-    check_split(args.dataset, split)
+    check_split(args.dataset, split, official=split not in (getattr(args, "extra_train_splits", None) or []))
     recs = load_split("transvg", args.dataset, split, split_root=args.split_root, image_root=image_root(args),
                       layout="transvg")
     recs = require_single_target(recs, split_file("transvg", args.dataset, split, args.split_root),

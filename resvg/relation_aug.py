@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import sys
 from collections import OrderedDict
@@ -289,9 +290,11 @@ def _row(dataset: str, img_file: str, box: np.ndarray, text: str, h: int, w: int
 def augment(args) -> dict:
     """Write the ``--out_split`` list (base rows + composed samples), its relations JSON and the images."""
     check_split(args.dataset, args.base_split)
-    check_split(args.dataset, args.out_split)
+    check_split(args.dataset, args.out_split, official=False)
     if args.out_split == args.base_split:
         raise SystemExit("resvg relation_aug: --out_split must differ from --base_split")
+    if args.control_like:
+        return write_control(args)
     if not 2 <= args.min_instances <= args.max_instances:
         raise SystemExit(f"resvg relation_aug: need 2 <= --min_instances <= --max_instances, got "
                          f"{args.min_instances}, {args.max_instances}")
@@ -409,6 +412,35 @@ def augment(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- command line
+def write_control(args) -> dict:
+    """The same-budget control of an augmented list: as many rows of ``--base_split`` as the list
+    ``--control_like`` holds, drawn at random without replacement (``--seed``), written as ``--out_split``.
+    Training on base + control takes as many steps as training on base + augmented list, with real samples only."""
+    check_split(args.dataset, args.control_like, official=False)
+    root = args.out_root or args.split_root
+    like_path = transvg_fmt.split_path(root, args.dataset, args.control_like)
+    base_path = transvg_fmt.split_path(args.split_root, args.dataset, args.base_split)
+    out_path = transvg_fmt.split_path(root, args.dataset, args.out_split)
+    if os.path.exists(out_path) and not args.overwrite:
+        raise SystemExit(f"resvg relation_aug: {out_path} exists (--overwrite to replace it)")
+    if not os.path.exists(like_path):
+        raise DataError(f"{like_path}: not found (--control_like {args.control_like}: write that list first)")
+    n = len(transvg_fmt.load_pth(like_path, trust_pickle=args.trust_pickle))
+    base_raw = transvg_fmt.load_pth(base_path, trust_pickle=args.trust_pickle)
+    if n > len(base_raw):
+        raise DataError(f"{like_path}: {n} rows, more than the {len(base_raw)} of {base_path} to draw from")
+    pick = random.Random(args.seed).sample(range(len(base_raw)), n)
+    rows = [base_raw[i] for i in pick]
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    import torch
+    tmp = out_path + ".tmp"
+    torch.save(rows, tmp)
+    os.replace(tmp, out_path)
+    print(f"[relation_aug] wrote {out_path}: {n} rows of {base_path} drawn at random (seed {args.seed}), "
+          f"as many as {like_path} holds", flush=True)
+    return {"split_file": out_path, "rows": n, "control_like": like_path}
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("resvg.relation_aug", add_help=add_help,
                                 description="ResVG relation-sensitive augmentation: composed multi-instance images "
@@ -430,6 +462,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "expressions when the records carry no category")
     g.add_argument("--trust_pickle", action="store_true", help="unpickle split files fully: trusted files only")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output split")
+    g.add_argument("--control_like", default="", metavar="SPLIT",
+                   help="write no images: --out_split gets as many rows of --base_split, drawn at random, as the "
+                        "list SPLIT holds (the same-budget control of training with that list)")
     g = p.add_argument_group("composition")
     g.add_argument("--num_images", type=int, default=1000, help="composed images")
     g.add_argument("--min_instances", type=int, default=2, help="instances per image, at least")

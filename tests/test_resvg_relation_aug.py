@@ -197,3 +197,41 @@ def test_new_train_with_its_prior_file_feeds_resvg_training(syn, tmp_path):
     batch = Collate(tok)([ds[i] for i in range(n_base, n_base + 8)])  # composed samples only
     losses = criterion(model(batch), batch)
     assert all(torch.isfinite(v) for v in losses.values()) and losses["loss"] > 0
+
+
+def test_control_list_matches_the_augmented_budget_with_real_rows(syn, tmp_path):
+    """--control_like: as many rows of train as the augmented list holds, drawn without replacement, verbatim;
+    training reads train + that list under its own (non-official) name."""
+    from resvg import method
+    from vgcore import method as protocol
+
+    root = tmp_path / "data"
+    (root / "unc").mkdir(parents=True)
+    shutil.copy(syn / "split" / "data" / "unc" / "unc_train.pth", root / "unc" / "unc_train.pth")
+    with pytest.raises(DataError, match=r"unc_new_train.pth: not found"):
+        _run(syn, "--control_like", "new_train", "--out_split", "new_train_control", split_root=root)
+    aug = _run(syn, "--no_base", "--category_words", KINDS, "--num_images", "4", "--aug_dir", "aug_ctl",
+               split_root=root)
+    res = _run(syn, "--control_like", "new_train", "--out_split", "new_train_control", split_root=root)
+    train = torch.load(root / "unc" / "unc_train.pth", weights_only=True)
+    ctl = torch.load(root / "unc" / "unc_new_train_control.pth", weights_only=True)
+    assert res["rows"] == len(ctl) == aug["rows"] == len(torch.load(root / "unc" / "unc_new_train.pth"))
+    index = {repr(r): i for i, r in enumerate(train)}
+    picked = [index[repr(r)] for r in ctl]  # every row is a train row, verbatim
+    assert len(set(picked)) == len(picked)  # without replacement
+    again = _run(syn, "--control_like", "new_train", "--out_split", "new_train_control", split_root=root)
+    assert again["rows"] == len(ctl) and torch.load(root / "unc" / "unc_new_train_control.pth") == ctl  # seeded
+    with pytest.raises(DataError, match="split name"):
+        _run(syn, "--control_like", "new_train", "--out_split", "bad/name", split_root=root)
+
+    args = protocol.train_parser(method).parse_args(
+        ["--model_preset", "tiny", "--split_root", str(root), "--image_root", str(syn / "images"),
+         "--bert_token_mode", str(syn / "tokenizers" / "vocab.txt"), "--train_split", "train",
+         "--extra_train_splits", "new_train_control", "--prior_missing", "zeros"])
+    args.model_config = method._args.model_config_from_args(args).to_dict()
+    recs = method.records(args, "train", train=True)
+    assert len(recs) == len(train) + len(ctl)
+    assert [r.expression for r in recs[len(train):]] == [r[3] for r in ctl]
+    args.train_split = "train_control"  # official-name check stays for --train_split
+    with pytest.raises(DataError, match="has no split 'train_control'"):
+        method.records(args, "train_control", train=True)

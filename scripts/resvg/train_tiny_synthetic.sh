@@ -14,18 +14,21 @@
 # Relation-sensitive augmentation: the `aug` stage composes AUG_IMAGES multi-instance images from the train
 # split's instances (cut out with their masks, refer/refcoco/instances.json) and writes their pseudo-queries as
 # the split list $DATA/split/data/unc/unc_<AUG_SPLIT>.pth; the training stage then reads train + that list
-# (--extra_train_splits, with its <AUG_SPLIT>_fea.pth when priors are used). Same seed and schedule, compared
+# (--extra_train_splits, with its <AUG_SPLIT>_fea.pth when priors are used). The `control` stage writes
+# <AUG_SPLIT>_control, as many train rows drawn at random as <AUG_SPLIT> holds, and the training stage reads
+# train + that list instead: the same number of steps with real samples only. Same seed and schedule, compared
 # per expression type (position = extreme + ordinal, what the pseudo-queries teach):
 #   bash scripts/resvg/train_tiny_synthetic.sh                                              # -> $OUT/unc
 #   STAGES="aug train eval" AUG_SPLIT=new_train RUN=unc_aug bash scripts/resvg/train_tiny_synthetic.sh
-#   python scripts/resvg/compare_aug.py $OUT/unc/eval_unc_val.json $OUT/unc_aug/eval_unc_val.json
+#   STAGES="control train eval" AUG_SPLIT=new_train RUN=unc_control bash scripts/resvg/train_tiny_synthetic.sh
+#   python scripts/resvg/compare_aug.py $OUT/unc_control/eval_unc_val.json $OUT/unc_aug/eval_unc_val.json
 # Prior features: PRIOR_ROOT=DIR reads DIR/<split>_fea.pth (32-d rows for the tiny preset); without it every
 # prior row is zero (--prior_missing zeros: the content query is the prior MLP of a zero vector).
 #
 # Usage: bash scripts/resvg/train_tiny_synthetic.sh [--dry-run]
-#   env: OUT (./outputs/resvg_tiny), RUN (unc: the run folder below OUT), STAGES (data pretrain train eval; aug),
+#   env: OUT (./outputs/resvg_tiny), RUN (unc: the run folder below OUT), STAGES (data pretrain train eval; aug, control),
 #        EPOCHS (8), NUM_TRAIN (6000), PRETRAIN_STEPS (1500), TEXT_STEPS (600), TRAIN_SPLIT (train), AUG_SPLIT,
-#        AUG_IMAGES (400),
+#        AUG_IMAGES (400), AUG_FLAGS (more resvg.relation_aug flags, e.g. "--background texture"),
 #        PRIOR_ROOT, SEED (42), QS_DEVICE (cpu), NPROC (2: torch.distributed.launch, gloo on the CPU, one process
 #        per core, the global batch stays 16; 1: plain `python resvg/train.py`), LOADER_WORKERS (0: the model's
 #        process decodes the 128-px JPEGs), OMP_NUM_THREADS (1 for every step: the tiny model's ops are small, and
@@ -43,6 +46,7 @@ TEXT_STEPS=${TEXT_STEPS:-600}
 TRAIN_SPLIT=${TRAIN_SPLIT:-train}
 AUG_SPLIT=${AUG_SPLIT:-}
 AUG_IMAGES=${AUG_IMAGES:-400}
+read -r -a AUG_EXTRA <<< "${AUG_FLAGS:-}"
 PRIOR_ROOT=${PRIOR_ROOT:-}
 SEED=${SEED:-42}
 QS_DEVICE=${QS_DEVICE:-cpu}
@@ -59,7 +63,11 @@ COMMON=(--model_preset tiny --dataset unc --split_root "$DATA/split/data" --imag
         --breakdown expr_type)
 if [ -n "$PRIOR_ROOT" ]; then COMMON+=(--prior_root "$PRIOR_ROOT"); else COMMON+=(--prior_missing zeros); fi
 EXTRA=()
-if [ -n "$AUG_SPLIT" ]; then EXTRA=(--extra_train_splits "$AUG_SPLIT"); fi
+if want control; then
+    EXTRA=(--extra_train_splits "${AUG_SPLIT:?the control stage needs AUG_SPLIT (the list it matches)}_control")
+elif [ -n "$AUG_SPLIT" ]; then
+    EXTRA=(--extra_train_splits "$AUG_SPLIT")
+fi
 
 if want data; then
     run "$PYTHON" -m vgcore.synthetic --out "$DATA" --num-train "$NUM_TRAIN" --num-val 500 --num-test 250 --seed 0 \
@@ -69,7 +77,11 @@ if want aug; then
     if [ -z "$AUG_SPLIT" ]; then echo "the aug stage writes the split AUG_SPLIT: set it (e.g. AUG_SPLIT=new_train)" >&2; exit 2; fi
     run "$PYTHON" -m resvg.relation_aug --dataset unc --split_root "$DATA/split/data" --image_root "$DATA/images" \
         --instances "$DATA/refer/refcoco/instances.json" --no_base --out_split "$AUG_SPLIT" \
-        --num_images "$AUG_IMAGES" --seed 0 --overwrite
+        --num_images "$AUG_IMAGES" --seed 0 --overwrite "${AUG_EXTRA[@]+"${AUG_EXTRA[@]}"}"
+fi
+if want control; then
+    run "$PYTHON" -m resvg.relation_aug --dataset unc --split_root "$DATA/split/data" --image_root "$DATA/images" \
+        --control_like "$AUG_SPLIT" --out_split "${AUG_SPLIT}_control" --seed 0 --overwrite
 fi
 if want pretrain; then
     run "$PYTHON" resvg/pretrain_tiny.py --vocab "$DATA/tokenizers/vocab.txt" --out_dir "$PRE" --steps "$PRETRAIN_STEPS" \
