@@ -13,7 +13,9 @@
 # Variants: DATASET=grefcoco (10 queries, gRefCOCO-style split; attention losses off as the official gRefCOCO
 # config), MASKS=off (box-only: box attention targets, no
 # mask loss), ATTN=0 (both attention losses off: the ablation).
-# Usage: bash scripts/alvg/train_tiny_synthetic.sh [--dry-run]
+# Usage: bash scripts/alvg/train_tiny_synthetic.sh [--dry-run] [TRAIN_FLAGS...]
+#   TRAIN_FLAGS (arguments after the options) go to alvg/train.py (e.g. --amp bf16, --compile, --grad_ckpt);
+#   EVAL_FLAGS (env) to alvg/eval.py.
 #   env: OUT (./outputs/alvg_tiny), EPOCHS (12), NUM_TRAIN (6000), PRETRAIN_STEPS (3000), TEXT_STEPS (400),
 #        JOINT_STEPS (2000), VIS_MULT (0.2), DATASET (refcoco | grefcoco), MASKS (auto | off), ATTN (1 | 0),
 #        SEED (6666), QS_DEVICE (cpu), NPROC (training processes, 1: one process on every core; N > 1: gloo on
@@ -63,9 +65,11 @@ NGPU=$NPROC  # lib.sh's vg_launch: torch.distributed.launch --nproc_per_node=$NP
 vg_launch alvg/train.py "${COMMON[@]}" --beit3_ckpt "$OUT/tiny_beit3.pth" --output_dir "$OUT/$RUN_NAME" \
     --tensorboard 0 --seed "$SEED" --epochs "$EPOCHS" --batch_size "$((16 / NPROC))" --lr 5e-4 \
     --lr_vis_enc_mult "$VIS_MULT" --warmup_epochs 0 --decay_steps "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" \
-    --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100 --overwrite "${EXTRA[@]+"${EXTRA[@]}"}"
+    --start_evaluate_epoch 0 --evaluate_interval 1 --log_every 100 --overwrite "${EXTRA[@]+"${EXTRA[@]}"}" \
+    "${VG_ARGS[@]+"${VG_ARGS[@]}"}"
+read -r -a EVAL_EXTRA <<< "${EVAL_FLAGS:-}"
 run "$PYTHON" alvg/eval.py "${COMMON[@]}" --load_from "$OUT/$RUN_NAME/det_best.pth" --eval_sets val \
-    --output_dir "$OUT/$RUN_NAME"
+    --output_dir "$OUT/$RUN_NAME" "${EVAL_EXTRA[@]+"${EVAL_EXTRA[@]}"}"
 GREC_FLAG=()
 if [ "$DATASET" == grefcoco ]; then GREC_FLAG=(--grec); fi
 run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --format seqtr "${GREC_FLAG[@]+"${GREC_FLAG[@]}"}" \

@@ -25,7 +25,9 @@
 # Prior features: PRIOR_ROOT=DIR reads DIR/<split>_fea.pth (32-d rows for the tiny preset); without it every
 # prior row is zero (--prior_missing zeros: the content query is the prior MLP of a zero vector).
 #
-# Usage: bash scripts/resvg/train_tiny_synthetic.sh [--dry-run]
+# Usage: bash scripts/resvg/train_tiny_synthetic.sh [--dry-run] [TRAIN_FLAGS...]
+#   TRAIN_FLAGS (arguments after the options) go to resvg/train.py (e.g. --amp bf16, --compile, --grad_ckpt);
+#   EVAL_FLAGS (env) to resvg/eval.py.
 #   env: OUT (./outputs/resvg_tiny), RUN (unc: the run folder below OUT), STAGES (data pretrain train eval; aug, control),
 #        EPOCHS (8), NUM_TRAIN (6000), PRETRAIN_STEPS (1500), TEXT_STEPS (600), TRAIN_SPLIT (train), AUG_SPLIT,
 #        AUG_IMAGES (400), AUG_FLAGS (more resvg.relation_aug flags, e.g. "--background texture"),
@@ -46,6 +48,7 @@ TEXT_STEPS=${TEXT_STEPS:-600}
 TRAIN_SPLIT=${TRAIN_SPLIT:-train}
 AUG_SPLIT=${AUG_SPLIT:-}
 AUG_IMAGES=${AUG_IMAGES:-400}
+read -r -a EVAL_EXTRA <<< "${EVAL_FLAGS:-}"
 read -r -a AUG_EXTRA <<< "${AUG_FLAGS:-}"
 PRIOR_ROOT=${PRIOR_ROOT:-}
 SEED=${SEED:-42}
@@ -97,11 +100,11 @@ if want train; then
         --load_weights_path "$PRE/detr_tiny.pth" --bert_model "$PRE/bert_tiny.pth" --seed "$SEED" \
         --batch_size "$((16 / NPROC))" --epochs "$EPOCHS" --lr 5e-4 --lr_backbone 5e-5 --lr_vis_enc 5e-5 --lr_bert 5e-5 \
         --freeze_epochs 1 --lr_drop "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --log_every 125 --tensorboard false \
-        --output_dir "$OUT/$RUN" --overwrite
+        --output_dir "$OUT/$RUN" --overwrite "${VG_ARGS[@]+"${VG_ARGS[@]}"}"
 fi
 if want eval; then
     run "$PYTHON" resvg/eval.py "${COMMON[@]}" --checkpoint "$OUT/$RUN/best_checkpoint.pth" --eval_sets val \
-        --output_dir "$OUT/$RUN"
+        --output_dir "$OUT/$RUN" "${EVAL_EXTRA[@]+"${EVAL_EXTRA[@]}"}"
     run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --metrics "$OUT/$RUN/eval_unc_val.json" \
         --out "$OUT/$RUN/vs_baselines.json"
 fi

@@ -7,7 +7,9 @@
 #      those towers, batch 16, no warm-up, one x0.1 drop before the last epoch;
 #   4. vglaw/eval.py on val (REC Prec@0.5, RES mIoU / oIoU) and the trivial / noun-only baselines.
 # Figures and wall time: vglaw/README.md, "Tiny preset" (also the header of tests/test_vglaw_learning.py).
-# Usage: bash scripts/vglaw/train_tiny_synthetic.sh [--dry-run]
+# Usage: bash scripts/vglaw/train_tiny_synthetic.sh [--dry-run] [TRAIN_FLAGS...]
+#   TRAIN_FLAGS (arguments after the options) go to vglaw/train.py (e.g. --amp bf16, --compile, --grad_ckpt);
+#   EVAL_FLAGS (env) to vglaw/eval.py.
 #   env: OUT (./outputs/vglaw_tiny), EPOCHS (see below), NUM_TRAIN (6000), PRETRAIN_STEPS, TEXT_STEPS, LAW (svd |
 #        la | od1 | od2 | od3), QS_DEVICE (cpu), NPROC (1: one process on every core, plain `python vglaw/train.py`;
 #        N > 1: torch.distributed.launch, gloo on the CPU, the global batch stays 16), LOADER_WORKERS (0),
@@ -44,8 +46,10 @@ fi
 "${TRAIN[@]}" vglaw/train.py "${COMMON[@]}" --vit_model_path "$PRE/vit_tiny.pth" --law_type "$LAW" \
     --output_dir "$OUT/run" --tensorboard false --batch_size "$((16 / NPROC))" --batch_sum 16 --warmup_steps 0 \
     --lr_base 1e-3 --lr_visual 3e-4 --lr_lang 3e-4 --max_epochs "$EPOCHS" \
-    --drop_epochs "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --log_freq 100 --overwrite
+    --drop_epochs "$((EPOCHS > 1 ? EPOCHS - 1 : 1))" --log_freq 100 --overwrite \
+    "${VG_ARGS[@]+"${VG_ARGS[@]}"}"
+read -r -a EVAL_EXTRA <<< "${EVAL_FLAGS:-}"
 run "$PYTHON" vglaw/eval.py "${COMMON[@]}" --pretrained_path "$OUT/run/best_checkpoint.pth" --eval_sets val \
-    --output_dir "$OUT/run" --canvas_metrics --vis 8
+    --output_dir "$OUT/run" --canvas_metrics --vis 8 "${EVAL_EXTRA[@]+"${EVAL_EXTRA[@]}"}"
 run "$PYTHON" scripts/baselines.py --data "$DATA" --split val --format refer \
     --metrics "$OUT/run/eval_refcoco_val.json" --key "rec/acc@0.5" --out "$OUT/rec_vs_baselines.json"
