@@ -44,7 +44,7 @@ import torch
 
 from alvg.model import COMPAT_SWITCHES
 from simvg.convert import (adapt_img_size, beit3_pretrained_payload, convert_beit3_pretrained, converter_parser,
-                           count_indices, official_backbone_config, official_tgqg_config)
+                           official_family_config)
 from vgcore.checkpoint import Rules, convert_state_dict, group_keys, load_strict, torch_load, unwrap
 from vgcore.cli import parse_key_values
 
@@ -175,18 +175,11 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
     Head counts cannot be read from shapes: the official values are assumed (BEiT-3 base 12 / large 16 heads,
     head 8 heads); pass ``overrides`` for other models."""
     sd = unwrap(sd)
-    cfg = official_backbone_config(sd)
-    cfg.update(
-        embed_dim=sd["head.query_embed.weight"].shape[1], num_queries=sd["head.query_embed.weight"].shape[0],
-        num_classes=sd["head.class_embed_decoder.weight"].shape[0] - 1,
-        num_decoder_layers=count_indices(sd, "head.transformer.decoder.layers."),
-        decoder_ffn_dim=sd["head.transformer.decoder.layers.0.linear1.weight"].shape[0],
-        img_enhance="head.transformer.img_enhance.img_proj.weight" in sd,
-        mask_head="head.mask_head.refine.0.weight" in sd,
-    )
+    cfg = official_family_config(sd, "head.transformer.decoder.layers.0.linear1.weight")
+    cfg.update(img_enhance="head.transformer.img_enhance.img_proj.weight" in sd,
+               mask_head="head.mask_head.refine.0.weight" in sd)
     if cfg["mask_head"]:
         cfg["mask_channels"] = sd["head.mask_head.refine.0.weight"].shape[0]
-    cfg.update(official_tgqg_config(sd))
     cfg.update(overrides)
     return cfg
 

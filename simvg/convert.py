@@ -166,16 +166,24 @@ def config_from_state_dict(sd: Dict[str, torch.Tensor], **overrides) -> dict:
     Head counts cannot be read from shapes: the official values are assumed (BEiT-3 base 12 / large 16 heads,
     head 8 heads); pass ``overrides`` (e.g. ``num_heads``, ``backbone_overrides``) for other models."""
     sd = unwrap(sd)
+    cfg = official_family_config(sd, "head.transformer.decoder.layers.0.ffns.0.layers.0.0.weight")
+    cfg.update(num_token_mlp_layers=count_indices(sd, "head.mlp.layers."))
+    cfg.update(overrides)
+    return cfg
+
+
+def official_family_config(sd: Dict[str, torch.Tensor], ffn_key: str) -> dict:
+    """What a SimVG-family state dict (SimVG, ALVG) tells by its shapes: the BEiT-3 backbone, the head's width,
+    query count, class count, decoder depth, the decoder FFN width (read from ``ffn_key``, whose name differs
+    between the families' decoders) and the text-guided query generation."""
     cfg = official_backbone_config(sd)
     cfg.update(
         embed_dim=sd["head.query_embed.weight"].shape[1], num_queries=sd["head.query_embed.weight"].shape[0],
         num_classes=sd["head.class_embed_decoder.weight"].shape[0] - 1,
         num_decoder_layers=count_indices(sd, "head.transformer.decoder.layers."),
-        decoder_ffn_dim=sd["head.transformer.decoder.layers.0.ffns.0.layers.0.0.weight"].shape[0],
-        num_token_mlp_layers=count_indices(sd, "head.mlp.layers."),
+        decoder_ffn_dim=sd[ffn_key].shape[0],
     )
     cfg.update(official_tgqg_config(sd))
-    cfg.update(overrides)
     return cfg
 
 
