@@ -47,6 +47,7 @@ from vgcore.models.attn_decoder import AttnMapDecoder
 from vgcore.models.detr import DetrDecoder
 from vgcore.models.mlp import MLP
 from vgcore.models.position import sine_position_1d, sine_position_2d
+from vgcore.models.precision import fp32
 
 __all__ = ["TextGuidedEnhancement", "MaskHead", "ALVGHead", "HEAD_SWITCHES"]
 
@@ -201,7 +202,8 @@ class ALVGHead(nn.Module):
             memory = tokens
         hs, attn = self.decoder(torch.zeros_like(query), memory, query_pos=query, key_pos=pos_seq,
                                 memory_padding_mask=pad_seq)
-        out = {"decoder_logits": self.class_embed(hs), "decoder_boxes": self.bbox_embed(hs).sigmoid(),
+        logits, boxes = fp32(lambda x: (self.class_embed(x), self.bbox_embed(x).sigmoid()), hs)  # float32 under --amp
+        out = {"decoder_logits": logits, "decoder_boxes": boxes,
                "attn_maps": attn.reshape(attn.shape[0], B, Q, h, w)}
         if score is not None:
             out["score_map"] = score.reshape(B, h, w)

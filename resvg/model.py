@@ -47,6 +47,7 @@ from vgcore.models.bert import bert_layer_mean, build_bert
 from vgcore.models.checkpointing import checkpoint_blocks
 from vgcore.models.detr import FFN, DetrEncoderLayer, MultiheadAttention
 from vgcore.models.mlp import MLP
+from vgcore.models.precision import fp32
 from vgcore.models.position import sine_position_2d
 from vgcore.models.resnet import ResNetBackbone
 
@@ -265,7 +266,7 @@ class ResVG(nn.Module):
 
         disc, score = self.discriminative(visual, pos, word, word_pad, img_pad, (h, w))
         hs, content = self.decoder(visual, disc, pos, img_pad, word, word_pad, prior)
-        boxes = self.bbox_embed(hs).sigmoid()
+        boxes = fp32(lambda x: self.bbox_embed(x).sigmoid(), hs)  # float32 under --amp
         out: Dict[str, Any] = {"pred_boxes": boxes[-1], "stage_boxes": boxes,
                                "aux_outputs": [{"pred_boxes": b} for b in boxes[:-1]]}
         if return_intermediates:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgcore.models.mlp import MLP
+from vgcore.models.precision import fp32
 
 from vglaw.law import LAW_TYPES, WeightGenerator
 from vglaw.vit import ViT
@@ -228,7 +229,7 @@ class VGLAW(nn.Module):
         if self.has_rec:
             pooled = self.ada_gap(cls, vis.flatten(2).transpose(1, 2))
             out["pooled_visual"] = pooled
-            out["pred_box"] = self.bbox_pred(pooled).sigmoid()
+            out["pred_box"] = fp32(lambda x: self.bbox_pred(x).sigmoid(), pooled)  # float32 under --amp
         if self.has_res:
             pix = self.up_sample(vis)
             low = torch.einsum("bc,bchw->bhw", cls, pix)[:, None]
