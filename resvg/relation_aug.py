@@ -45,6 +45,11 @@ flickr), X2 = {"height", "width"} and X5 = the pasted mask as RLE (None for box-
 loader (and any TransVG-family loader) reads them from the same image root as the real images.  The split also
 needs its prior file ``new_train_fea.pth``: ``python -m resvg.prior_gen --split new_train --reuse_split train ...``
 copies the rows of the base queries from ``train_fea.pth`` and generates only the new ones.
+
+``--control_like new_train --out_split new_train_control`` writes no images: as many rows of the base split as
+``new_train`` holds, drawn at random without replacement (``--seed``).  Training on train + that list takes as
+many steps as training on train + the augmented rows, with real samples only: the same-budget control that tells
+what the pseudo-queries teach from what the extra steps do.
 """
 from __future__ import annotations
 
