@@ -298,8 +298,11 @@ def augment(args) -> dict:
     check_split(args.dataset, args.out_split, official=False)
     if args.out_split == args.base_split:
         raise SystemExit("resvg relation_aug: --out_split must differ from --base_split")
+    out_path = transvg_fmt.split_path(args.out_root or args.split_root, args.dataset, args.out_split)
+    if os.path.exists(out_path) and not args.overwrite:
+        raise SystemExit(f"resvg relation_aug: {out_path} exists (--overwrite to replace it)")
     if args.control_like:
-        return write_control(args)
+        return write_control(args, out_path)
     if not 2 <= args.min_instances <= args.max_instances:
         raise SystemExit(f"resvg relation_aug: need 2 <= --min_instances <= --max_instances, got "
                          f"{args.min_instances}, {args.max_instances}")
@@ -308,10 +311,7 @@ def augment(args) -> dict:
         raise SystemExit(f"resvg relation_aug: --instance_scale needs 0 < low <= high < 1, got {lo} {hi}")
     image_root = args.image_root or os.path.join(args.data_root, IMAGE_DIRS[args.dataset])
     base_path = transvg_fmt.split_path(args.split_root, args.dataset, args.base_split)
-    out_path = transvg_fmt.split_path(args.out_root or args.split_root, args.dataset, args.out_split)
     side_path = out_path[:-len(".pth")] + "_relations.json"
-    if os.path.exists(out_path) and not args.overwrite:
-        raise SystemExit(f"resvg relation_aug: {out_path} exists (--overwrite to replace it)")
     base_raw = transvg_fmt.load_pth(base_path, trust_pickle=args.trust_pickle)
     records = transvg_fmt.read_split(base_path, args.dataset, image_root=image_root, split=args.base_split,
                                      trust_pickle=args.trust_pickle)
@@ -417,7 +417,7 @@ def augment(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- command line
-def write_control(args) -> dict:
+def write_control(args, out_path: str) -> dict:
     """The same-budget control of an augmented list: as many rows of ``--base_split`` as the list
     ``--control_like`` holds, drawn at random without replacement (``--seed``), written as ``--out_split``.
     Training on base + control takes as many steps as training on base + augmented list, with real samples only."""
@@ -425,9 +425,6 @@ def write_control(args) -> dict:
     root = args.out_root or args.split_root
     like_path = transvg_fmt.split_path(root, args.dataset, args.control_like)
     base_path = transvg_fmt.split_path(args.split_root, args.dataset, args.base_split)
-    out_path = transvg_fmt.split_path(root, args.dataset, args.out_split)
-    if os.path.exists(out_path) and not args.overwrite:
-        raise SystemExit(f"resvg relation_aug: {out_path} exists (--overwrite to replace it)")
     if not os.path.exists(like_path):
         raise DataError(f"{like_path}: not found (--control_like {args.control_like}: write that list first)")
     n = len(transvg_fmt.load_pth(like_path, trust_pickle=args.trust_pickle))

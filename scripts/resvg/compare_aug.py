@@ -28,7 +28,6 @@ def load_metrics(path: Path) -> Dict[str, float]:
         m = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SystemExit(f"{path}: cannot read the evaluation file ({e})")
-    m = m.get("metrics", m) if isinstance(m, dict) else m
     if not isinstance(m, dict) or not any(k.startswith("n/") for k in m):
         raise SystemExit(f"{path}: no per-type counts (n/<type>): evaluate with --breakdown expr_type")
     return m
