@@ -93,7 +93,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load_weights_path", default="",
                    help="DETR-R50 checkpoint for the backbone, input_proj and visual encoder (TransVG's "
                         "detr-r50-{unc,gref,referit}.pth; official: unc for unc/unc+, gref for gref/gref_umd, "
-                        "referit for referit/flickr)")
+                        "referit for referit/flickr); or a whole model to fine-tune: an official ResVG / "
+                        "VLTVG checkpoint, or a ResVG checkpoint of ours (strict; BERT included, --bert_model "
+                        "is then not loaded)")
     g = p.add_argument_group("optimisation (AdamW, StepLR per epoch)")
     g.add_argument("--lr", type=float, default=1e-4, help="decoder, bert_proj, bbox head")
     g.add_argument("--lr_backbone", type=float, default=1e-5, help="ResNet layer2-4 (0: the ResNet never trains)")

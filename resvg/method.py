@@ -39,12 +39,24 @@ def build(args, logger):
     nothing with ``--resume``), and the loss."""
     model = build_model(_args.model_config_from_args(args))
     if not args.resume:
+        whole = False  # the file holds the whole model (BERT included)
         if args.load_weights_path:
-            rep = _convert.load_pretrained(model, args.load_weights_path)
-            logger.info(f"{rep['kind']} weights from {args.load_weights_path} (dropped {len(rep['dropped'])} keys)")
+            obj = load_model_file(args.load_weights_path)
+            if isinstance(obj.get("config"), dict) and "backbone" in obj["config"]:  # a ResVG checkpoint of ours
+                load_strict(model, obj["model"], what=args.load_weights_path)
+                whole = True
+                logger.info(f"every weight from {args.load_weights_path} (a ResVG checkpoint of ours: fine-tuning "
+                            f"starts from it with a fresh optimizer and schedule)")
+            else:
+                rep = _convert.load_pretrained(model, args.load_weights_path)
+                whole = rep["kind"] == "resvg"
+                logger.info(f"{rep['kind']} weights from {args.load_weights_path} "
+                            f"(dropped {len(rep['dropped'])} keys)")
         else:
             logger.info("WARNING: no --load_weights_path: ResNet, input_proj and visual encoder are random")
-        if args.bert_model:
+        if args.bert_model and whole:
+            logger.info(f"--bert_model {args.bert_model} not loaded: {args.load_weights_path} holds BERT too")
+        elif args.bert_model:
             rep = _convert.load_pretrained(model, load_bert_file(args.bert_model), kind="bert")
             logger.info(f"BERT weights from {args.bert_model} (dropped {len(rep['dropped'])} keys)")
         else:

@@ -2,9 +2,17 @@
 spatial relations, written as the ``new_train`` split ResVG trains on.
 
 Each new image is composed offline: 2..``--max_instances`` instances of ONE category, cut out of the base split's
-own images (with their masks when the annotation has one, else the whole box), rescaled to varied sizes and
-pasted without overlap onto a background (a strongly blurred image of the split, or a procedural texture).  The
-box of a pasted instance is tight around its pasted pixels (mask) or is the pasted rectangle (box only).  The
+own images (with their masks when the annotation has one, else the whole box) and pasted without overlap onto a
+background (``--background``):
+
+* ``blur`` / ``texture``: a strongly blurred image of the split, or a procedural texture; the instances are
+  rescaled to varied sizes (``--instance_scale``) and are the only objects of the image;
+* ``scene``: an image of the split as it is.  Its objects all stay (the instances go into free space, clear of
+  every annotated object), the scene's own instances of the category count among the 2..max, and an instance
+  keeps its size relative to the image (``--paste_scale`` jitters it).  Needs ``--instances`` listing every
+  object of the images, as the refer data's instances.json does.
+
+The box of a pasted instance is tight around its pasted pixels (mask) or is the pasted rectangle (box only).  The
 paper draws such images with a text-to-image model prompted with a category and a count and boxes them with a
 detector; neither model is available offline, so this composition is the route built here.
 
@@ -17,7 +25,7 @@ Instances and their categories come from
 
 Pseudo-queries (``RELATIONS``; "{c}" = the category name), each emitted only when it picks out exactly one
 instance with a clear margin (``--min_gap`` of the image side between centres, ``--depth_ratio`` between
-areas):
+areas), among the relations ``--relations`` allows (default all):
 
 =========  ==============================================  ==============================================
 relation   rule on the instances' boxes                    templates
@@ -248,13 +256,16 @@ def _background(rng, src: np.ndarray, size: Tuple[int, int], kind: str, blur: fl
 
 
 def compose(rng, pieces: Sequence[Tuple[np.ndarray, np.ndarray]], background: np.ndarray, scales: Sequence[float],
-            tries: int = 50) -> Optional[Tuple[np.ndarray, List[np.ndarray], np.ndarray]]:
-    """Paste ``pieces`` (crop, mask) rescaled to long side ``scale`` px at random free places.
+            tries: int = 50, occupied: Sequence[Sequence[float]] = ()
+            ) -> Optional[Tuple[np.ndarray, List[np.ndarray], np.ndarray]]:
+    """Paste ``pieces`` (crop, mask) rescaled to long side ``scale`` px at random free places, clear of each other
+    and of the ``occupied`` boxes (xyxy: the objects already in the background image).
 
     Returns (image, canvas masks, boxes [n, 4] xyxy tight around each pasted mask) or None when they do not fit."""
     canvas = background.copy()
     H, W = canvas.shape[:2]
-    taken: List[Tuple[int, int, int, int]] = []
+    taken: List[Tuple[int, int, int, int]] = [(int(np.floor(a)), int(np.floor(b)), int(np.ceil(c)), int(np.ceil(d)))
+                                              for a, b, c, d in occupied]
     masks, boxes = [], []
     for (crop, mask), s in zip(pieces, scales):
         ch, cw = crop.shape[:2]
@@ -284,6 +295,79 @@ def compose(rng, pieces: Sequence[Tuple[np.ndarray, np.ndarray]], background: np
     return canvas, masks, np.asarray(boxes, np.float64)
 
 
+def _long_side(box) -> float:
+    return max(float(box[2]) - float(box[0]), float(box[3]) - float(box[1]))
+
+
+def _relation_set(spec: str) -> set:
+    names = [w.strip() for w in spec.split(",") if w.strip()] if spec else list(RELATIONS)
+    bad = [w for w in names if w not in RELATIONS]
+    if bad or not names:
+        raise SystemExit(f"resvg relation_aug: --relations {spec!r}: unknown {bad} (choose from {', '.join(RELATIONS)})")
+    return set(names)
+
+
+def _pasted_mask(inst: Instance, mask: np.ndarray):
+    """The row's mask of a pasted instance, encoded when the row is written (None for a box-only cut-out)."""
+    return None if inst.segmentation is None else (lambda: encode_mask(mask))
+
+
+def _canvas_sample(rng, args, bg_sources, cats, by_cat, images):
+    """2..max instances of one category pasted onto a blurred image of the split or a procedural texture."""
+    cat = cats[int(rng.integers(len(cats)))]
+    n = int(rng.integers(args.min_instances, args.max_instances + 1))
+    cands = by_cat[cat]
+    picks = [cands[int(i)] for i in rng.choice(len(cands), size=n, replace=len(cands) < n)]
+    pieces = [_cutout(inst, images) for inst in picks]
+    if any(p is None for p in pieces):
+        return None
+    src = images.get(bg_sources[int(rng.integers(len(bg_sources)))])
+    sh, sw = src.shape[:2]
+    f = min(1.0, args.max_canvas / max(sh, sw))
+    W, H = max(8, int(round(sw * f))), max(8, int(round(sh * f)))
+    scales = rng.uniform(*args.instance_scale, size=n) * min(W, H)
+    made = compose(rng, pieces, _background(rng, src, (W, H), args.background, args.blur), scales)
+    if made is None:
+        return None
+    canvas, masks, boxes = made
+    return (cat, canvas, boxes, [_pasted_mask(inst, m) for inst, m in zip(picks, masks)],
+            [inst.image_path for inst in picks], [True] * n, None)
+
+
+def _scene_sample(rng, args, scenes, by_cat, images):
+    """Instances of one category pasted into free space of an image of the split, whose objects all stay: the
+    category's instances are the scene's own ones plus the pasted ones (min..max of them, at least one pasted)."""
+    paths = sorted(scenes)
+    path = paths[int(rng.integers(len(paths)))]
+    objects = scenes[path]
+    cat = sorted(by_cat)[int(rng.integers(len(by_cat)))]
+    own = [o for o in objects if o.category == cat]
+    low = max(args.min_instances, len(own) + 1)
+    if low > args.max_instances:
+        return None
+    n = int(rng.integers(low, args.max_instances + 1)) - len(own)
+    cands = by_cat[cat]
+    picks = [cands[int(i)] for i in rng.choice(len(cands), size=n, replace=len(cands) < n)]
+    pieces = [_cutout(inst, images) for inst in picks]
+    if any(p is None for p in pieces):
+        return None
+    scene = images.get(path)
+    H, W = scene.shape[:2]
+    # an instance keeps its size relative to the image (its source's short side -> the scene's), times a jitter
+    scales = [_long_side(inst.box) * min(H, W) / min(images.get(inst.image_path).shape[:2])
+              * rng.uniform(*args.paste_scale) for inst in picks]
+    made = compose(rng, pieces, scene, scales, occupied=[o.box for o in objects])
+    if made is None:
+        return None
+    canvas, masks, boxes = made
+    own_masks = [None if o.segmentation is None else
+                 (lambda o=o: encode_mask(decode_mask(o.segmentation, H, W))) for o in own]
+    own_boxes = np.asarray([o.box for o in own], np.float64).reshape(-1, 4)
+    return (cat, canvas, np.concatenate([own_boxes, boxes]),
+            own_masks + [_pasted_mask(inst, m) for inst, m in zip(picks, masks)],
+            [path] * len(own) + [inst.image_path for inst in picks], [False] * len(own) + [True] * n, path)
+
+
 def _row(dataset: str, img_file: str, box: np.ndarray, text: str, h: int, w: int, mask) -> tuple:
     x1, y1, x2, y2 = (float(v) for v in box)
     bbox = [x1, y1, x2 - x1, y2 - y1] if transvg_fmt.BOX_CONVENTION[dataset] == "xywh" else [x1, y1, x2, y2]
@@ -309,6 +393,8 @@ def augment(args) -> dict:
     lo, hi = args.instance_scale
     if not 0 < lo <= hi < 1:
         raise SystemExit(f"resvg relation_aug: --instance_scale needs 0 < low <= high < 1, got {lo} {hi}")
+    if not 0 < args.paste_scale[0] <= args.paste_scale[1]:
+        raise SystemExit(f"resvg relation_aug: --paste_scale needs 0 < low <= high, got {args.paste_scale}")
     image_root = args.image_root or os.path.join(args.data_root, IMAGE_DIRS[args.dataset])
     base_path = transvg_fmt.split_path(args.split_root, args.dataset, args.base_split)
     side_path = out_path[:-len(".pth")] + "_relations.json"
@@ -320,8 +406,15 @@ def augment(args) -> dict:
     words = [w.strip() for w in args.category_words.split(",") if w.strip()] if args.category_words else []
     if args.instances:
         names = sorted({os.path.basename(r.image_path) for r in records})
-        pool, unknown = instances_from_json(args.instances, image_root, names, args.min_instance_size), 0
+        everything = instances_from_json(args.instances, image_root, names, 0.0)
+        pool, unknown = [i for i in everything if _long_side(i.box) >= args.min_instance_size], 0
         source = args.instances
+        if not pool:
+            raise DataError(f"{source}: no annotation of at least {args.min_instance_size} px on an image of the "
+                            f"base split ({len(names)} images, e.g. {names[:2]})")
+    elif args.background == "scene":
+        raise SystemExit("resvg relation_aug: --background scene needs --instances (a COCO-format instances.json "
+                         "with every object of the base images: the relations count the scene's own instances)")
     else:
         if not words and not any(r.category for r in records):
             raise SystemExit("resvg relation_aug: the records of a TransVG split carry no category: give "
@@ -337,6 +430,11 @@ def augment(args) -> dict:
                         f"--category_words {words})")
     print(f"[relation_aug] {len(pool)} instances of {len(cats)} categories from {source}"
           f"{f' ({unknown} records without a category left out)' if unknown else ''}", flush=True)
+    wanted = _relation_set(args.relations)
+    scenes: Dict[str, List[Instance]] = {}
+    if args.background == "scene":  # every annotated object of every base image, whatever its size
+        for inst in everything:
+            scenes.setdefault(inst.image_path, []).append(inst)
     bg_sources = sorted({r.image_path for r in records})
     images = _Images()
     out_dir = os.path.join(image_root, args.aug_dir)
@@ -348,29 +446,21 @@ def augment(args) -> dict:
         if failed > 20 * args.num_images + 100:
             raise SystemExit(f"resvg relation_aug: only {len(sidecar)} of {args.num_images} images could be composed "
                              f"({failed} failed tries): instances too large for the canvas, or too few categories "
-                             f"with clear relations; lower --instance_scale or --min_gap")
+                             f"with clear relations; lower --instance_scale (--paste_scale) or --min_gap")
         rng = np.random.default_rng([int(args.seed), k])
         k += 1
-        cat = cats[int(rng.integers(len(cats)))]
-        n = int(rng.integers(args.min_instances, args.max_instances + 1))
-        cands = by_cat[cat]
-        picks = rng.choice(len(cands), size=n, replace=len(cands) < n)
-        pieces = [_cutout(cands[int(i)], images) for i in picks]
-        if any(p is None for p in pieces):
-            failed += 1
-            continue
-        src = images.get(bg_sources[int(rng.integers(len(bg_sources)))])
-        sh, sw = src.shape[:2]
-        f = min(1.0, args.max_canvas / max(sh, sw))
-        W, H = max(8, int(round(sw * f))), max(8, int(round(sh * f)))
-        scales = rng.uniform(lo, hi, size=n) * min(W, H)
-        made = compose(rng, pieces, _background(rng, src, (W, H), args.background, args.blur), scales)
+        if args.background == "scene":
+            made = _scene_sample(rng, args, scenes, by_cat, images)
+        else:
+            made = _canvas_sample(rng, args, bg_sources, cats, by_cat, images)
         if made is None:
             failed += 1
             continue
-        canvas, masks, boxes = made
+        cat, canvas, boxes, masks, sources, pasted, scene = made
+        H, W = canvas.shape[:2]
+        n = len(boxes)
         rel = relations_of(boxes, W, H, args.min_gap, args.depth_ratio)
-        options = [(i, r) for i in range(n) for r in rel[i]]
+        options = [(i, r) for i in range(n) for r in rel[i] if r in wanted]
         if not options:
             failed += 1
             continue
@@ -383,11 +473,11 @@ def augment(args) -> dict:
             i, r = options[int(j)]
             tpl = TEMPLATES[r][int(rng.integers(len(TEMPLATES[r])))]
             text = tpl.format(c=cat)
-            mask = encode_mask(masks[i]) if cands[int(picks[i])].segmentation is not None else None
+            mask = masks[i]() if masks[i] is not None else None
             queries.append({"row": row0 + len(rows), "text": text, "target": i, "relation": r})
             rows.append(_row(args.dataset, img_file, boxes[i], text, H, W, mask))
         sidecar.append({"file": img_file, "category": cat, "height": H, "width": W, "boxes": boxes.tolist(),
-                        "sources": [cands[int(i)].image_path for i in picks], "queries": queries})
+                        "pasted": pasted, "sources": sources, "scene": scene, "queries": queries})
     items = ([] if args.no_base else list(base_raw)) + rows
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     import torch
@@ -397,7 +487,8 @@ def augment(args) -> dict:
                    "base_rows": 0 if args.no_base else len(base_raw), "instances_from": source,
                    "settings": {k: getattr(args, k) for k in ("seed", "min_instances", "max_instances",
                                                               "instance_scale", "min_gap", "depth_ratio",
-                                                              "background", "queries_per_image")},
+                                                              "background", "paste_scale", "queries_per_image",
+                                                              "relations")},
                    "images": sidecar}, f, indent=1)
     back = transvg_fmt.read_split(out_path, args.dataset, image_root=image_root, split=args.out_split)
     if len(back) != len(items):  # the reader raises on any malformed row; this guards the count
@@ -476,10 +567,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--min_instance_size", type=float, default=16.0, help="smaller instances (box long side, px) "
                    "are not used")
     g.add_argument("--max_canvas", type=int, default=640, help="long side of the composed image at most")
-    g.add_argument("--background", default="blur", choices=("blur", "texture"),
-                   help="blur: an image of the base split blurred beyond recognition; texture: procedural")
+    g.add_argument("--background", default="blur", choices=("blur", "texture", "scene"),
+                   help="blur: an image of the base split blurred beyond recognition; texture: procedural; scene: "
+                        "an image of the base split as it is, its objects kept and counted (needs --instances)")
+    g.add_argument("--paste_scale", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="--background scene: a pasted instance's size relative to the image's short side, as a "
+                        "factor of that in its own image (1 1: as large, relative to its image, as it was)")
     g.add_argument("--blur", type=float, default=0.06, help="Gaussian blur radius as a fraction of the long side")
     g.add_argument("--queries_per_image", type=int, default=4, help="pseudo-queries kept per image, at most")
+    g.add_argument("--relations", default="", metavar="R1,R2,...",
+                   help=f"the relations pseudo-queries may use (default all: {','.join(RELATIONS)})")
     g.add_argument("--min_gap", type=float, default=0.05, help="gap between neighbouring centres a spatial word "
                    "needs, as a fraction of the image side")
     g.add_argument("--depth_ratio", type=float, default=1.5, help="area ratio front/behind need")

@@ -50,3 +50,23 @@ def test_refuses_mismatched_or_unbroken_files(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"n": 40, "acc@0.5": 0.5}))
     with pytest.raises(SystemExit, match="breakdown expr_type"):
         compare_aug.main([str(tmp_path / "c.json"), str(tmp_path / "a.json")])
+
+
+def test_pools_run_folders_and_comma_lists(tmp_path):
+    """A run folder pools its eval_*.json files, a comma list pools folders (seeds): counts add up and the
+    accuracies are count-weighted."""
+    counts_val, counts_test = {"extreme": 30, "rel": 10}, {"extreme": 10, "rel": 30}
+    for run, (av, at) in {"s1": (0.5, 0.7), "s2": (0.6, 0.9)}.items():
+        d = tmp_path / run
+        d.mkdir()
+        (d / "eval_unc_val.json").write_text(json.dumps(_metrics(counts_val, {"extreme": av, "rel": av}, av)))
+        (d / "eval_unc_testA.json").write_text(json.dumps(_metrics(counts_test, {"extreme": at, "rel": at}, at)))
+        (d / "log.json").write_text("{}")  # not an evaluation: ignored
+    both = compare_aug.pooled_metrics(f"{tmp_path / 's1'},{tmp_path / 's2'}")
+    assert both["n"] == 160 and both["n/extreme"] == 80
+    assert both["acc@0.5/extreme"] == pytest.approx((30 * 0.5 + 10 * 0.7 + 30 * 0.6 + 10 * 0.9) / 80)
+    assert both["acc@0.5"] == pytest.approx((40 * 0.5 + 40 * 0.7 + 40 * 0.6 + 40 * 0.9) / 160)
+    assert compare_aug.main([str(tmp_path / "s1"), str(tmp_path / "s2")]) == 0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no eval_"):
+        compare_aug.pooled_metrics(str(tmp_path / "empty"))

@@ -268,3 +268,27 @@ def test_predict_query_longer_than_the_model_takes(syn, tmp_path):
         method.pipeline(args, method.load(args), False)
     args = protocol.predict_parser(method).parse_args(base + ["--text", long, "--truncate_long_queries"])
     method.pipeline(args, method.load(args), False)
+
+
+def test_fine_tune_from_a_whole_model(syn, tmp_path):
+    """--load_weights_path with a whole ResVG model (ours or official) loads every weight strictly and leaves
+    --bert_model alone (the file holds BERT too)."""
+    import logging
+
+    from resvg.convert import to_official_state_dict
+    from vgcore.checkpoint import save_model
+
+    torch.manual_seed(1)
+    model = build_model({"model_preset": "tiny"})
+    ours, official = tmp_path / "ours.pth", tmp_path / "official.pth"
+    save_model(ours, model, model.cfg.to_dict())
+    torch.save({"model": to_official_state_dict(model.state_dict()), "epoch": 3}, official)
+    for path in (ours, official):
+        args = _args(syn, tmp_path, "--load_weights_path", str(path), "--bert_model", str(tmp_path / "absent.bin"))
+        built, _ = method.build(args, logging.getLogger("test"))
+        for k, v in model.state_dict().items():
+            assert torch.equal(built.state_dict()[k], v), k
+    other = build_model({"model_preset": "tiny", "prior_dim": 16})
+    save_model(tmp_path / "other.pth", other, other.cfg.to_dict())
+    with pytest.raises(Exception, match="prior"):  # a model of another shape is refused, naming the keys
+        method.build(_args(syn, tmp_path, "--load_weights_path", str(tmp_path / "other.pth")), logging.getLogger("t"))

@@ -67,7 +67,7 @@ def check_query(text: str, category: str, boxes: np.ndarray, t: int, width: floa
     return word
 
 
-def _verify(syn, res, masks: bool, complete: bool = False):
+def _verify(syn, res, masks: bool, complete: bool = False, words=WORDS):
     side = json.loads(open(res["relations"]).read())
     split_root = res["split_file"].rsplit("/unc/", 1)[0]
     raw = torch.load(res["split_file"], weights_only=False)
@@ -85,6 +85,7 @@ def _verify(syn, res, masks: bool, complete: bool = False):
         found = set()
         for q in im["queries"]:
             word = check_query(q["text"], im["category"], boxes, q["target"], im["width"], im["height"])
+            assert word in words, q["text"]
             seen.add(word)
             found.add((q["target"], word))
             r = recs[q["row"]]
@@ -97,21 +98,65 @@ def _verify(syn, res, masks: bool, complete: bool = False):
             else:
                 assert r.mask is None
         if complete:  # every relation that holds was emitted
-            assert found == {(t, w) for t in range(len(boxes)) for w in WORDS
+            assert found == {(t, w) for t in range(len(boxes)) for w in words
                              if holds(w, boxes, t, im["width"], im["height"])}, im["file"]
     return seen
 
 
 def test_pseudo_queries_match_the_box_geometry(syn):
-    argv = ("--instances", str(syn / "refer" / "refcoco" / "instances.json"), "--queries_per_image", "30")
+    argv = ("--instances", str(syn / "refer" / "refcoco" / "instances.json"), "--queries_per_image", "30",
+            "--num_images", "24")
     res = _run(syn, *argv)
-    assert res["images"] == 12 and res["new_rows"] >= 12
+    assert res["images"] == 24 and res["new_rows"] >= 24
     seen = _verify(syn, res, masks=True, complete=True)
     assert seen == WORDS, sorted(WORDS - seen)
     # the same seed gives the same split
     first = torch.load(res["split_file"], weights_only=False)
     _run(syn, *argv)
     assert torch.load(res["split_file"], weights_only=False) == first
+
+
+def test_scene_backgrounds_keep_and_count_the_scenes_objects(syn):
+    """--background scene: instances pasted into free space of a train image, whose objects all stay; the
+    relations are those among every instance of the category in the result, the scene's own ones included."""
+    inst_path = syn / "refer" / "refcoco" / "instances.json"
+    js = json.loads(inst_path.read_text())
+    names = {im["id"]: im["file_name"] for im in js["images"]}
+    cats = {c["id"]: c["name"] for c in js["categories"]}
+    scene_objs = {}  # file name -> [(category, box xyxy)] of every annotated object
+    for a in js["annotations"]:
+        x, y, w, h = a["bbox"]
+        scene_objs.setdefault(names[a["image_id"]], []).append((cats[a["category_id"]], [x, y, x + w, y + h]))
+    words = {"left", "right", "top", "bottom", "second", "third"}
+    res = _run(syn, "--instances", str(inst_path), "--background", "scene", "--queries_per_image", "30",
+               "--num_images", "30", "--relations", ",".join(sorted(words)), "--aug_dir", "aug_scene")
+    seen = _verify(syn, res, masks=True, complete=True, words=words)
+    assert seen == words, sorted(words - seen)
+    side = json.loads(open(res["relations"]).read())
+    kept = 0
+    for im in side["images"]:
+        name = im["scene"].rsplit("/", 1)[-1]
+        boxes = np.asarray(im["boxes"])
+        pasted = np.asarray(im["pasted"])
+        assert pasted.any() and all(s == im["scene"] for s, p in zip(im["sources"], im["pasted"]) if not p)
+        own = sorted(b for c, b in scene_objs[name] if c == im["category"])
+        assert sorted(boxes[~pasted].tolist()) == own  # every own instance of the category is counted
+        for pb in boxes[pasted]:  # pasted instances sit clear of every object of the scene
+            for _, b in scene_objs[name]:
+                assert pb[2] <= b[0] or b[2] <= pb[0] or pb[3] <= b[1] or b[3] <= pb[1], (name, pb, b)
+        out = np.asarray(Image.open(syn / "images" / im["file"]).convert("RGB"), np.int16)
+        src = np.asarray(Image.open(syn / "images" / name).convert("RGB"), np.int16)
+        assert out.shape == src.shape
+        outside = np.ones(out.shape[:2], bool)  # pixels of the scene outside the pasted boxes are unchanged
+        for x1, y1, x2, y2 in boxes[pasted].astype(int):
+            outside[y1:y2, x1:x2] = False
+        assert np.array_equal(out[outside], src[outside])
+        kept += int((~pasted).any())
+    assert kept >= 10  # images where the scene's own instances take part
+    with pytest.raises(SystemExit, match="--background scene needs --instances"):
+        _run(syn, "--category_words", KINDS, "--background", "scene")
+    with pytest.raises(SystemExit, match="--relations 'left,sideways': unknown"):
+        _run(syn, "--instances", str(inst_path), "--relations", "left,sideways")
 
 
 def test_box_only_instances_from_the_split_records(syn, tmp_path):

@@ -11,6 +11,11 @@ Besides each synthetic expression type it prints two merged groups:
   anchor is an object of another category (a form the pseudo-queries never take).
 
     python scripts/resvg/compare_aug.py OUT/unc/eval_unc_val.json OUT/unc_aug/eval_unc_val.json [--json F]
+
+Either side may pool several evaluations, count-weighted: a run folder stands for every ``eval_*.json`` in it
+(e.g. val, testA and testB), and a comma list joins files or folders (e.g. the runs of several seeds):
+
+    python scripts/resvg/compare_aug.py OUT/ctl_s1,OUT/ctl_s2 OUT/aug_s1,OUT/aug_s2
 """
 from __future__ import annotations
 
@@ -31,6 +36,29 @@ def load_metrics(path: Path) -> Dict[str, float]:
     if not isinstance(m, dict) or not any(k.startswith("n/") for k in m):
         raise SystemExit(f"{path}: no per-type counts (n/<type>): evaluate with --breakdown expr_type")
     return m
+
+
+def pooled_metrics(spec: str, key: str = "acc@0.5") -> Dict[str, float]:
+    """The evaluations ``spec`` names (a file, a run folder = its eval_*.json files, or a comma list of either)
+    pooled: counts summed, accuracies count-weighted; a single file is returned as it is."""
+    paths: List[Path] = []
+    for part in (s for s in spec.split(",") if s):
+        path = Path(part)
+        found = sorted(path.glob("eval_*.json")) if path.is_dir() else [path]
+        if not found:
+            raise SystemExit(f"{path}: no eval_*.json in this folder")
+        paths += found
+    files = [load_metrics(p) for p in paths]
+    if len(files) == 1:
+        return files[0]
+    out: Dict[str, float] = {}
+    for name in sorted({k[2:] for m in files for k in m if k.startswith("n/")}) + [None]:
+        nk, ak = ("n", key) if name is None else (f"n/{name}", f"{key}/{name}")
+        n = sum(int(m.get(nk, 0)) for m in files)
+        out[nk] = n
+        if n:
+            out[ak] = sum(m[ak] * int(m[nk]) for m in files if m.get(nk)) / n
+    return out
 
 
 def group_accuracy(m: Dict[str, float], types, key: str = "acc@0.5") -> Tuple[Optional[float], int]:
@@ -58,11 +86,11 @@ def rows(base: Dict[str, float], aug: Dict[str, float]) -> List[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("base", type=Path, help="evaluation without the augmented split")
-    p.add_argument("aug", type=Path, help="evaluation with it")
+    p.add_argument("base", help="evaluation(s) without the augmented split: file, run folder, or comma list")
+    p.add_argument("aug", help="evaluation(s) with it")
     p.add_argument("--json", type=Path, default=None, help="also write the table here")
     args = p.parse_args(argv)
-    table = rows(load_metrics(args.base), load_metrics(args.aug))
+    table = rows(pooled_metrics(args.base), pooled_metrics(args.aug))
     pct = lambda v: "--" if v is None else f"{100 * v:6.2f}"  # noqa: E731
     print(f"{'group':10s} {'n':>5s} {'without':>8s} {'with':>8s} {'diff':>7s}")
     for r in table:

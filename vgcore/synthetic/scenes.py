@@ -47,7 +47,7 @@ Layout written under DIR (see ``generate``)::
     scenes.json                                         image_id -> size + every object (sidecar for baselines)
     split/data/unc/unc_<split>.pth                      TransVG/HiVG split files (HiVG variant: size dict + polygons)
     split/data/gref_umd/gref_umd_<train|val|test>.pth   same records, RefCOCOg-umd-like splits (test = testA + testB)
-    refer/refcoco/refs(unc).p + instances.json          lichengunc refer layout
+    refer/refcoco/refs(unc).p + instances.json          lichengunc refer layout (every object of the images)
     seqtr/annotations/refcoco-unc/instances.json        SeqTR / SimVG layout
     seqtr/annotations/grefs/instances.json              (--grec) gRefCOCO-style multi/no-target split
     refer/grefcoco/grefs(unc).json + instances.json     (--grec) gRefCOCO refer layout
@@ -756,11 +756,12 @@ def _write_formats(out: Path, by_split: dict, grec_by_split: dict, formats: Sequ
         written["transvg"] = files
     if "refer" in formats:
         allrec = [r for recs in by_split.values() for r in recs]
-        write_refer(allrec, str(out / "refer"), "refcoco", "unc", categories=CATEGORY_IDS, grefs=False)
+        write_refer(allrec, str(out / "refer"), "refcoco", "unc", categories=CATEGORY_IDS, grefs=False,
+                    scene_objects=True)
         written["refer"] = ["refer/refcoco"]
         if grec_by_split:
             write_refer([r for recs in grec_by_split.values() for r in recs], str(out / "refer"),
-                        "grefcoco", "unc", categories=CATEGORY_IDS, grefs=True)
+                        "grefcoco", "unc", categories=CATEGORY_IDS, grefs=True, scene_objects=True)
             written["refer_grec"] = ["refer/grefcoco"]
     if "seqtr" in formats:
         p = out / "seqtr" / "annotations" / "refcoco-unc" / "instances.json"
