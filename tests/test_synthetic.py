@@ -237,6 +237,31 @@ def test_layout_meta_and_tokenizers(written):
     assert max(len(spm.piece_ids(r.expression)) for r in recs) == max(len(r.expression.split()) for r in recs)
 
 
+def test_refer_instances_hold_every_object_of_the_images(written):
+    """As the real refer instances.json: every object of the images, referred to or not, with its category, box
+    and polygons; the refs point at annotations of that file."""
+    import pickle
+
+    out, _ = written
+    scenes = json.loads((out / "scenes.json").read_text())
+    inst = json.loads((out / "refer" / "refcoco" / "instances.json").read_text())
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    by_image = {}
+    for a in inst["annotations"]:
+        x, y, w, h = a["bbox"]
+        by_image.setdefault(a["image_id"], set()).add((cats[a["category_id"]], x, y, x + w, y + h))
+        assert a["segmentation"] and a["area"] > 0
+    assert {im["id"] for im in inst["images"]} == set(by_image)
+    for iid, objs in by_image.items():
+        scene = {(o["category"], *o["box"]) for o in scenes[str(iid)]["objects"]}
+        assert objs == scene, iid
+    with open(out / "refer" / "refcoco" / "refs(unc).p", "rb") as f:
+        refs = pickle.load(f)
+    ann_ids = {a["id"] for a in inst["annotations"]}
+    referred = {r["ann_id"] for r in refs}
+    assert referred <= ann_ids and len(referred) < len(ann_ids)  # unreferred objects are listed too
+
+
 @pytest.mark.parametrize("fmt", ["transvg", "refer", "seqtr"])
 def test_load_synthetic_round_trip(written, fmt):
     out, _ = written
