@@ -366,6 +366,24 @@ def test_resvg_tiny_stages_augmentation_and_parsers(tmp_path):
     train = parsers["resvg/train.py"].parse_args(aug[0][1])
     assert (train.train_split, train.extra_train_splits) == ("train", ["new_train"])
     assert train.output_dir == f"{out}/unc_aug" and train.load_weights_path == f"{out}/pretrained/detr_tiny.pth"
+    # the augmentation's comparison: a train split without position expressions, scene pastes with the relations
+    # the tiny vocabulary spells, and both arms fine-tuned from the same checkpoint (FROM)
+    from resvg import relation_aug
+    from vgcore.synthetic import scenes
+
+    (data,) = commands(STAGES="data", TRAIN_TYPES="attr,rel")
+    assert data[0] == "vgcore.synthetic" and scenes.get_args_parser().parse_args(data[1]).train_types == "attr,rel"
+    (aug_cmd,) = commands(STAGES="aug", AUG_SPLIT="new_train")
+    a = relation_aug.get_args_parser().parse_args(aug_cmd[1])
+    assert (a.background, a.relations, a.out_split, a.no_base) == ("scene", "left,right,top,bottom,second,third",
+                                                                    "new_train", True)
+    start = f"{out}/unc/best_checkpoint.pth"
+    ft = commands(FROM=start, STAGES="control train eval", AUG_SPLIT="new_train", RUN="ft_control")
+    assert [t for t, _, _ in ft] == ["resvg.relation_aug", "resvg/train.py", "resvg/eval.py", "scripts/baselines.py"]
+    assert relation_aug.get_args_parser().parse_args(ft[0][1]).control_like == "new_train"
+    t = parsers["resvg/train.py"].parse_args(ft[1][1])
+    assert (t.load_weights_path, t.bert_model, t.epochs, t.freeze_epochs, t.lr, t.lr_bert) == (start, "", 3, 0, 1e-4, 1e-5)
+    assert t.extra_train_splits == ["new_train_control"] and t.output_dir == f"{out}/ft_control"
     assert not (tmp_path / "out").exists()
 
 

@@ -310,3 +310,23 @@ def test_cli_scene_options(tmp_path):
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert meta["scene_options"] == {"min_objects": 1, "max_objects": 1, "object_scale": 1.2}
     assert all(len(o["objects"]) == 1 for o in json.loads((tmp_path / "d" / "scenes.json").read_text()).values())
+
+
+def test_train_types_keep_only_those_expressions(written, tmp_path):
+    """--train-types attr,rel: the train split without position expressions; val, the images and the
+    tokenizers' vocabulary are those of the full dataset."""
+    full, _ = written
+    out = tmp_path / "b"
+    syn.main(["--out", str(out), "--num-train", "40", "--num-val", "30", "--num-test", "12", "--seed", "5",
+              "--formats", "transvg", "--grec", "--train-types", "attr,rel"])
+    kept = syn.load_synthetic(out, "train", fmt="transvg")
+    every = syn.load_synthetic(full, "train", fmt="transvg")
+    assert {syn.expression_type(r) for r in kept} <= {"attr", "rel"}
+    key = lambda r: (r.image_path.rsplit("/", 1)[-1], r.expression)  # noqa: E731
+    assert sorted(map(key, kept)) == sorted(key(r) for r in every if syn.expression_type(r) in ("attr", "rel"))
+    assert len(kept) < len(every)
+    assert (out / "split/data/unc/unc_val.pth").read_bytes() == (full / "split/data/unc/unc_val.pth").read_bytes()
+    assert (out / "tokenizers/vocab.txt").read_text() == (full / "tokenizers/vocab.txt").read_text()
+    assert json.loads((out / "meta.json").read_text())["train_types"] == ["attr", "rel"]
+    with pytest.raises(ValueError, match="unknown"):
+        syn.generate(tmp_path / "c", num_train=2, num_val=1, num_test=1, train_types=["where"], verbose=False)

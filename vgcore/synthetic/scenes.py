@@ -807,7 +807,7 @@ def _write_tokenizers(out: Path, sentences: list) -> dict:
 def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int = 500, seed: int = 0,
              formats: Sequence[str] = ("transvg", "refer", "seqtr"), grec: bool = False,
              tokenizers: bool = True, image_format: str = "png", verbose: bool = True, min_objects: int = 3,
-             max_objects: int = 8, object_scale: float = 1.0) -> dict:
+             max_objects: int = 8, object_scale: float = 1.0, train_types: Optional[Sequence[str]] = None) -> dict:
     """Generate the dataset on disk (layout in the module docstring) and return a summary dict.
 
     num_test is the size of each of testA and testB.  With grec=True a second, gRefCOCO-style dataset
@@ -818,10 +818,19 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
     min_objects / max_objects / object_scale: scene options (see `make_records`), recorded in meta.json
     ("scene_options"); the defaults give the default dataset, e.g. ``min_objects=max_objects=1`` a
     single-object warm-up set for a curriculum.
+    train_types: the expression types (``EXPR_TYPES``) the written train split keeps, e.g. ("attr", "rel"): a
+    train split without same-category position expressions, where they are as rare as in real data (the scenes,
+    images and other splits are unchanged, and the tokenizers still read every train expression, so the
+    vocabulary is that of the full dataset, as a real pretrained tokenizer's would be).
     """
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     _check_scene_options(min_objects, max_objects, object_scale)  # before anything is written
+    if train_types is not None:
+        train_types = tuple(t.strip() for t in train_types if t.strip())
+        bad = sorted(set(train_types) - set(EXPR_TYPES))
+        if bad or not train_types:
+            raise ValueError(f"train_types: unknown {bad} (choose from {', '.join(EXPR_TYPES)})")
     t0 = time.time()
     log = print if verbose else (lambda *a, **k: None)
     out = Path(out_dir)
@@ -849,10 +858,13 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
     t_img = time.time() - t0
     with open(out / "scenes.json", "w") as f:
         json.dump(scenes, f, sort_keys=True)
+    all_train = by_split.get("train", [])
+    if train_types is not None:
+        by_split["train"] = [r for r in all_train if r.extra["expr_type"] in train_types]
     written = _write_formats(out, by_split, grec_by_split, formats)
     tok = {}
     if tokenizers:
-        corpus = [r.expression for r in by_split.get("train", [])] + _corpus_extra()
+        corpus = [r.expression for r in all_train] + _corpus_extra()
         if grec:
             corpus += [r.expression for r in grec_by_split.get("train", [])]
         tok = _write_tokenizers(out, corpus)
@@ -882,6 +894,7 @@ def generate(out_dir, num_train: int = 2000, num_val: int = 500, num_test: int =
         "datasets": {"transvg": ["unc", "gref_umd"], "refer": "refcoco/refs(unc).p",
                      "seqtr": "refcoco-unc", "seqtr_grec": "grefs"},
         "num_test_is_per_split": True, "scene_options": scene_options,
+        "train_types": list(train_types) if train_types else None,
     }
     with open(out / "meta.json", "w") as f:
         json.dump(summary, f, indent=1, sort_keys=True)
@@ -1014,6 +1027,8 @@ def get_args_parser():
                    "--max-objects 1: single-object scenes, e.g. a curriculum's warm-up set)")
     p.add_argument("--max-objects", type=int, default=8, help="most shapes tried per scene")
     p.add_argument("--object-scale", type=float, default=1.0, help="multiplies every shape's size")
+    p.add_argument("--train-types", default="", help="comma list of the expression types the train split keeps "
+                   f"({','.join(EXPR_TYPES[:4])}; default all), e.g. attr,rel: no same-category position expressions")
     return p
 
 
@@ -1022,7 +1037,8 @@ def main(argv=None):
     s = generate(args.out, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
                  seed=args.seed, formats=args.formats.split(","), grec=args.grec,
                  tokenizers=not args.no_tokenizers, image_format=args.image_format, min_objects=args.min_objects,
-                 max_objects=args.max_objects, object_scale=args.object_scale)
+                 max_objects=args.max_objects, object_scale=args.object_scale,
+                 train_types=args.train_types.split(",") if args.train_types else None)
     val = s["splits"].get("val", {})
     if "baselines" in val:
         print("[synthetic] val baselines (Acc@0.5): " + ", ".join(f"{k}={v:.3f}" for k, v in val["baselines"].items())
