@@ -299,6 +299,11 @@ def _long_side(box) -> float:
     return max(float(box[2]) - float(box[0]), float(box[3]) - float(box[1]))
 
 
+def _short_side(inst: Instance, images: "_Images") -> int:
+    """The short side of the instance's own image (from its annotation, else from the decoded image)."""
+    return min(inst.height, inst.width) if inst.height and inst.width else min(images.get(inst.image_path).shape[:2])
+
+
 def _relation_set(spec: str) -> set:
     names = [w.strip() for w in spec.split(",") if w.strip()] if spec else list(RELATIONS)
     bad = [w for w in names if w not in RELATIONS]
@@ -334,13 +339,12 @@ def _canvas_sample(rng, args, bg_sources, cats, by_cat, images):
             [inst.image_path for inst in picks], [True] * n, None)
 
 
-def _scene_sample(rng, args, scenes, by_cat, images):
+def _scene_sample(rng, args, scenes, scene_paths, cats, by_cat, images):
     """Instances of one category pasted into free space of an image of the split, whose objects all stay: the
     category's instances are the scene's own ones plus the pasted ones (min..max of them, at least one pasted)."""
-    paths = sorted(scenes)
-    path = paths[int(rng.integers(len(paths)))]
+    path = scene_paths[int(rng.integers(len(scene_paths)))]
     objects = scenes[path]
-    cat = sorted(by_cat)[int(rng.integers(len(by_cat)))]
+    cat = cats[int(rng.integers(len(cats)))]
     own = [o for o in objects if o.category == cat]
     low = max(args.min_instances, len(own) + 1)
     if low > args.max_instances:
@@ -354,8 +358,8 @@ def _scene_sample(rng, args, scenes, by_cat, images):
     scene = images.get(path)
     H, W = scene.shape[:2]
     # an instance keeps its size relative to the image (its source's short side -> the scene's), times a jitter
-    scales = [_long_side(inst.box) * min(H, W) / min(images.get(inst.image_path).shape[:2])
-              * rng.uniform(*args.paste_scale) for inst in picks]
+    scales = [_long_side(inst.box) * min(H, W) / _short_side(inst, images) * rng.uniform(*args.paste_scale)
+              for inst in picks]
     made = compose(rng, pieces, scene, scales, occupied=[o.box for o in objects])
     if made is None:
         return None
@@ -435,6 +439,7 @@ def augment(args) -> dict:
     if args.background == "scene":  # every annotated object of every base image, whatever its size
         for inst in everything:
             scenes.setdefault(inst.image_path, []).append(inst)
+    scene_paths = sorted(scenes)
     bg_sources = sorted({r.image_path for r in records})
     images = _Images()
     out_dir = os.path.join(image_root, args.aug_dir)
@@ -450,7 +455,7 @@ def augment(args) -> dict:
         rng = np.random.default_rng([int(args.seed), k])
         k += 1
         if args.background == "scene":
-            made = _scene_sample(rng, args, scenes, by_cat, images)
+            made = _scene_sample(rng, args, scenes, scene_paths, cats, by_cat, images)
         else:
             made = _canvas_sample(rng, args, bg_sources, cats, by_cat, images)
         if made is None:
