@@ -42,13 +42,13 @@ def build(args, logger):
         whole = False  # the file holds the whole model (BERT included)
         if args.load_weights_path:
             obj = load_model_file(args.load_weights_path)
-            if isinstance(obj.get("config"), dict) and "backbone" in obj["config"]:  # a ResVG checkpoint of ours
+            if _ours(obj):
                 load_strict(model, obj["model"], what=args.load_weights_path)
                 whole = True
                 logger.info(f"every weight from {args.load_weights_path} (a ResVG checkpoint of ours: fine-tuning "
                             f"starts from it with a fresh optimizer and schedule)")
             else:
-                rep = _convert.load_pretrained(model, args.load_weights_path)
+                rep = _convert.load_pretrained(model, obj["raw"])
                 whole = rep["kind"] == "resvg"
                 logger.info(f"{rep['kind']} weights from {args.load_weights_path} "
                             f"(dropped {len(rep['dropped'])} keys)")
@@ -72,12 +72,16 @@ def build(args, logger):
     return model, criterion
 
 
+def _ours(obj: dict) -> bool:
+    """A loaded model file (``load_model_file``) is a ResVG checkpoint of ours or a resvg.convert output."""
+    return isinstance(obj.get("config"), dict) and "backbone" in obj["config"]
+
+
 def _model_from_file(args) -> ResVG:
     obj = load_model_file(args.checkpoint, trust_pickle=args.trust_pickle)
-    cfg = obj.get("config")
     sd = obj["model"]
-    if isinstance(cfg, dict) and "backbone" in cfg:  # ours, or a resvg.convert output
-        model = build_model(config_from_args(cfg))
+    if _ours(obj):
+        model = build_model(config_from_args(obj["config"]))
         load_strict(model, sd, what=args.checkpoint)
         return model
     if not any(k.startswith("trans_decoder.") for k in sd):
